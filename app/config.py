@@ -1,0 +1,176 @@
+"""Settings, read once from the environment (or `.env`) and injected everywhere else."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+
+logger = logging.getLogger(__name__)
+
+MIN_SECRET_BYTES = 32
+DEFAULT_SECRETS = frozenset({"", "change-me", "changeme", "secret", "please-change-me"})
+ASYMMETRIC_PREFIXES = ("RS", "PS", "ES", "Ed")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Path("data")
+
+    # Database: a whole DATABASE_URL, or DB_HOST... for PostgreSQL, or SQLite under DATA_DIR.
+    database_url: str | None = None
+    db_host: str | None = None
+    db_port: int = 5432
+    db_user: str = "postgres"
+    db_pass: SecretStr = SecretStr("")
+    db_name: str = "inkwell"
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=20, ge=0)
+    db_echo: bool = False
+
+    # Tokens
+    jwt_secret_key: SecretStr | None = None
+    jwt_algorithm: str = "HS256"
+    jwt_private_key_file: Path | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_issuer: str = "inkwell"
+    jwt_audience: str = "inkwell-api"
+    access_token_expire_minutes: int = Field(default=15, ge=1)
+    refresh_token_expire_days: int = Field(default=14, ge=1)
+
+    # Passwords: Argon2id, OWASP's recommended minimum by default (m=19 MiB, t=2, p=1).
+    argon2_memory_kib: int = Field(default=19_456, ge=8)
+    argon2_time_cost: int = Field(default=2, ge=1)
+    argon2_parallelism: int = Field(default=1, ge=1)
+
+    # HTTP
+    public_url: str = "http://127.0.0.1:8000"
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    media_root: Path | None = None
+
+    # Later parts (Redis, Celery, SMTP) read these; they are listed so `.env` validates.
+    redis_url: str | None = None
+    celery_broker_url: str | None = None
+    celery_result_backend: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "Inkwell <no-reply@inkwell.local>"
+    rate_limits_enabled: bool = True
+
+    # A first administrator, created at start-up when both are set.
+    first_admin_email: str | None = None
+    first_admin_username: str = "admin"
+    first_admin_password: SecretStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_origins(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for key in ("cors_origins", "CORS_ORIGINS"):
+                value = data.get(key)
+                if isinstance(value, str):
+                    data[key] = [o.strip() for o in value.split(",") if o.strip()]
+        return data
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> Settings:
+        if self.uses_asymmetric_keys:
+            if not (self.jwt_private_key_file and self.jwt_public_key_file):
+                raise ValueError(
+                    f"JWT_ALGORITHM={self.jwt_algorithm} needs JWT_PRIVATE_KEY_FILE "
+                    "and JWT_PUBLIC_KEY_FILE"
+                )
+        elif self.environment == "production":
+            secret = self.jwt_secret_key.get_secret_value() if self.jwt_secret_key else ""
+            if secret.lower() in DEFAULT_SECRETS or len(secret.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    "ENVIRONMENT=production needs JWT_SECRET_KEY: at least "
+                    f"{MIN_SECRET_BYTES} random bytes, not a default"
+                )
+        return self
+
+    @property
+    def uses_asymmetric_keys(self) -> bool:
+        return self.jwt_algorithm.startswith(ASYMMETRIC_PREFIXES)
+
+    @property
+    def sqlalchemy_url(self) -> URL:
+        if self.database_url:
+            url = make_url(self.database_url)
+            if url.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+                url = url.set(drivername="postgresql+asyncpg")
+            elif url.drivername == "sqlite":
+                url = url.set(drivername="sqlite+aiosqlite")
+            return url
+        if self.db_host:
+            return URL.create(
+                "postgresql+asyncpg",
+                username=self.db_user,
+                password=self.db_pass.get_secret_value() or None,
+                host=self.db_host,
+                port=self.db_port,
+                database=self.db_name,
+            )
+        return URL.create("sqlite+aiosqlite", database=str(self.data_dir / "inkwell.db"))
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlalchemy_url.get_backend_name() == "sqlite"
+
+    @property
+    def media_path(self) -> Path:
+        return self.media_root or self.data_dir / "media"
+
+    def warn_about_production_gaps(self) -> None:
+        if self.environment != "production":
+            return
+        if self.is_sqlite:
+            logger.warning("running in production on SQLite; set DB_HOST or DATABASE_URL")
+        if not self.redis_url:
+            logger.warning("running in production without Redis; set REDIS_URL")
+
+    def jwt_signing_key(self) -> str:
+        if self.uses_asymmetric_keys:
+            assert self.jwt_private_key_file is not None, "checked at start-up"
+            return self.jwt_private_key_file.read_text()
+        return self._symmetric_secret()
+
+    def jwt_verifying_key(self) -> str:
+        if self.uses_asymmetric_keys:
+            assert self.jwt_public_key_file is not None, "checked at start-up"
+            return self.jwt_public_key_file.read_text()
+        return self._symmetric_secret()
+
+    def _symmetric_secret(self) -> str:
+        if self.jwt_secret_key and self.jwt_secret_key.get_secret_value():
+            return self.jwt_secret_key.get_secret_value()
+        return _development_secret(self.data_dir)
+
+
+@lru_cache
+def _development_secret(data_dir: Path) -> str:
+    """A secret generated once and kept under DATA_DIR, so tokens survive restarts."""
+    path = data_dir / "jwt-secret"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    path.touch(mode=0o600)
+    path.write_text(secret)
+    logger.info("generated a development JWT secret", extra={"path": str(path)})
+    return secret
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,127 @@
+"""Shared dependencies, named once and reused as types in route signatures."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.database.session import session_scope
+from app.errors import AdminRequired, Unauthorized
+from app.models import Post, User
+from app.schemas.common import PageQuery
+from app.schemas.post import PostQuery
+from app.services import auth, posts, users
+from app.services.security import Client, Security
+
+MAX_ID = 2**63 - 1
+
+_bearer = OAuth2PasswordBearer(
+    tokenUrl="/api/token",
+    auto_error=False,
+    description="Log in with username (or e-mail) and password.",
+)
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_security(request: Request) -> Security:
+    security: Security = request.app.state.security
+    return security
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async for session in session_scope(request.app.state.session_factory):
+        yield session
+
+
+def get_client(request: Request) -> Client:
+    return Client(
+        user_agent=request.headers.get("user-agent", ""),
+        ip=request.client.host if request.client else "",
+    )
+
+
+DbSession = Annotated[AsyncSession, Depends(get_session)]
+SecurityDep = Annotated[Security, Depends(get_security)]
+ClientDep = Annotated[Client, Depends(get_client)]
+BearerToken = Annotated[str | None, Depends(_bearer)]
+
+
+async def optional_principal(
+    token: BearerToken, db: DbSession, security: SecurityDep
+) -> auth.Principal | None:
+    if token is None:
+        return None
+    return await auth.principal(db, security, token)
+
+
+async def current_principal(
+    principal: Annotated[auth.Principal | None, Depends(optional_principal)],
+) -> auth.Principal:
+    if principal is None:
+        raise Unauthorized
+    return principal
+
+
+CurrentPrincipal = Annotated[auth.Principal, Depends(current_principal)]
+
+
+def current_user(principal: CurrentPrincipal) -> User:
+    return principal.user
+
+
+def optional_user(
+    principal: Annotated[auth.Principal | None, Depends(optional_principal)],
+) -> User | None:
+    return principal.user if principal else None
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+OptionalUser = Annotated[User | None, Depends(optional_user)]
+
+
+def admin_user(user: CurrentUser) -> User:
+    if not user.is_admin:
+        raise AdminRequired
+    return user
+
+
+AdminUser = Annotated[User, Depends(admin_user)]
+
+PostId = Annotated[int, Path(ge=1, le=MAX_ID, description="The post's id")]
+UserId = Annotated[int, Path(ge=1, le=MAX_ID, description="The user's id")]
+
+
+async def post_by_id(post_id: PostId, db: DbSession, viewer: OptionalUser) -> Post:
+    """The post, if it exists and the caller may see it (drafts are 404 to others)."""
+    return await posts.get_visible(db, post_id, viewer)
+
+
+VisiblePost = Annotated[Post, Depends(post_by_id)]
+
+
+async def owned_post(post_id: PostId, db: DbSession, user: CurrentUser) -> Post:
+    """The post, if the caller may change it: its author or an administrator."""
+    return posts.ensure_can_edit(await posts.get_visible(db, post_id, user), user)
+
+
+OwnedPost = Annotated[Post, Depends(owned_post)]
+
+
+async def user_by_id(user_id: UserId, db: DbSession) -> User:
+    return await users.get(db, user_id)
+
+
+UserById = Annotated[User, Depends(user_by_id)]
+
+
+PostQueryDep = Annotated[PostQuery, Query()]
+PageParams = Annotated[PageQuery, Query()]

@@ -1,0 +1,224 @@
+"""Domain errors as types, and the handlers that render every error as problem+json (RFC 9457)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class AppError(Exception):
+    """Base of every error a service raises. Subclasses set `status`, `code` and `title`."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    title: ClassVar[str] = "Bad request"
+    detail: ClassVar[str] = ""
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None):
+        self.message = detail or self.detail or self.title
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+# --- authentication ---------------------------------------------------------------------------
+class Unauthorized(AppError):
+    status = 401
+    code = "not_authenticated"
+    title = "Not authenticated"
+    detail = "Send a valid access token: `Authorization: Bearer <token>`."
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class InvalidCredentials(Unauthorized):
+    code = "invalid_credentials"
+    title = "Invalid credentials"
+    detail = "The username or password is incorrect."
+
+
+class InvalidToken(Unauthorized):
+    code = "token_invalid"
+    title = "Invalid token"
+    detail = "The token is malformed, badly signed or not meant for this use."
+
+
+class TokenExpired(Unauthorized):
+    code = "token_expired"
+    title = "Token expired"
+    detail = "The token has expired."
+
+
+class TokenRevoked(Unauthorized):
+    code = "token_revoked"
+    title = "Token revoked"
+    detail = "The session this token belongs to has ended."
+
+
+class RefreshTokenReused(Unauthorized):
+    code = "token_reused"
+    title = "Refresh token reused"
+    detail = "This refresh token was already used; the session has been ended for safety."
+
+
+class InactiveUser(Unauthorized):
+    code = "user_inactive"
+    title = "Account inactive"
+    detail = "This account is deactivated."
+
+
+# --- permissions ------------------------------------------------------------------------------
+class Forbidden(AppError):
+    status = 403
+    code = "forbidden"
+    title = "Forbidden"
+    detail = "You are not allowed to do this."
+
+
+class AdminRequired(Forbidden):
+    code = "admin_required"
+    detail = "Only administrators may do this."
+
+
+class NotPostAuthor(Forbidden):
+    code = "not_post_author"
+    detail = "Only the post's author or an administrator may change it."
+
+
+# --- missing ----------------------------------------------------------------------------------
+class NotFound(AppError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class PostNotFound(NotFound):
+    code = "post_not_found"
+    detail = "No such post."
+
+
+class UserNotFound(NotFound):
+    code = "user_not_found"
+    detail = "No such user."
+
+
+class SessionNotFound(NotFound):
+    code = "session_not_found"
+    detail = "No such session."
+
+
+# --- conflicts and rule violations ------------------------------------------------------------
+class Conflict(AppError):
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class EmailTaken(Conflict):
+    code = "email_taken"
+    detail = "An account with this e-mail address already exists."
+
+
+class UsernameTaken(Conflict):
+    code = "username_taken"
+    detail = "This username is taken."
+
+
+class WrongPassword(AppError):
+    status = 400
+    code = "wrong_password"
+    title = "Wrong password"
+    detail = "The current password is incorrect."
+
+
+class LastAdmin(Conflict):
+    code = "last_admin"
+    detail = "The last active administrator cannot be removed or demoted."
+
+
+# --- rendering --------------------------------------------------------------------------------
+def problem(
+    status: int,
+    code: str,
+    title: str | None = None,
+    detail: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = {
+        "type": f"/problems/{code.replace('_', '-')}",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail or title or HTTPStatus(status).phrase,
+        "code": code,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def _validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    return [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type", "")}
+        for e in errors
+    ]
+
+
+async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return problem(exc.status, exc.code, exc.title, exc.message, exc.headers or None)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = _validation_errors(exc.errors())
+    first = errors[0] if errors else None
+    detail = (
+        f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+        if first
+        else "The request is invalid."
+    )
+    return problem(422, "validation_error", "Invalid request", detail, errors=errors)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    return problem(exc.status_code, code, detail=detail, headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", extra={"path": request.url.path})
+    return problem(500, "internal_error", detail="Something went wrong on our side.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,138 @@
+"""Token endpoints, at the paths djangorestframework-simplejwt users know."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from app.dependencies import ClientDep, DbSession, SecurityDep
+from app.errors import AppError
+from app.schemas.common import problem_responses
+from app.schemas.token import Empty, LoginRequest, RefreshRequest, RevokeRequest, TokenPair, VerifyRequest
+from app.services import auth
+
+router = APIRouter(prefix="/token", tags=["tokens"])
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+class UnsupportedGrantType(AppError):
+    code = "unsupported_grant_type"
+    title = "Unsupported grant type"
+    detail = "Only the OAuth2 password grant is supported here."
+
+
+async def login_request(request: Request) -> LoginRequest:
+    """The credentials, from a JSON body or an OAuth2 password-flow form (Swagger's Authorize)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    data: Any
+    if content_type in FORM_TYPES:
+        form = await request.form()
+        if form.get("grant_type") not in (None, "", "password"):
+            raise UnsupportedGrantType
+        data = {k: form.get(k) for k in ("username", "password") if k in form}
+    else:
+        body = await request.body()
+        try:
+            data = json.loads(body) if body else None
+        except ValueError as exc:
+            raise RequestValidationError(
+                [{"loc": ("body",), "msg": "Invalid JSON", "type": "json_invalid"}]
+            ) from exc
+    try:
+        return LoginRequest.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from exc
+
+
+_LOGIN_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/LoginRequest"}},
+        "application/x-www-form-urlencoded": {
+            "schema": {
+                "type": "object",
+                "required": ["username", "password"],
+                "properties": {
+                    "grant_type": {"type": "string", "enum": ["password"]},
+                    "username": {"type": "string"},
+                    "password": {"type": "string", "format": "password"},
+                },
+            }
+        },
+    },
+}
+
+
+@router.post(
+    "",
+    summary="Log in",
+    description="Exchange a username (or e-mail) and password for an access and refresh token "
+    "pair. Accepts JSON or the OAuth2 password-flow form. Unknown users and wrong passwords "
+    "get the same answer.",
+    response_model=TokenPair,
+    responses=problem_responses(401, 422, 429),
+    openapi_extra={"requestBody": _LOGIN_BODY},
+)
+async def login(
+    credentials: Annotated[LoginRequest, Depends(login_request)],
+    db: DbSession,
+    security: SecurityDep,
+    client: ClientDep,
+) -> TokenPair:
+    user = await auth.authenticate(db, security, credentials.username, credentials.password)
+    return await auth.start_session(db, security, user, client)
+
+
+# `/api/token/` answers too, without a redirect (simplejwt's path has the slash).
+router.add_api_route(
+    "/",
+    login,
+    methods=["POST"],
+    response_model=TokenPair,
+    include_in_schema=False,
+)
+
+
+@router.post(
+    "/refresh",
+    summary="Refresh tokens",
+    description="Rotate: the refresh token is spent and a new pair returned. Presenting a spent "
+    "refresh token again ends the whole session (reuse detection).",
+    response_model=TokenPair,
+    responses=problem_responses(401, 422),
+)
+async def refresh(body: RefreshRequest, db: DbSession, security: SecurityDep) -> TokenPair:
+    return await auth.refresh(db, security, body.refresh_token)
+
+
+@router.post(
+    "/verify",
+    summary="Verify a token",
+    description="`200 {}` when the token (access or refresh) is valid and its session live; "
+    "401 otherwise.",
+    response_model=Empty,
+    responses=problem_responses(401, 422),
+)
+async def verify(body: VerifyRequest, db: DbSession, security: SecurityDep) -> Empty:
+    await auth.verify(db, security, body.token)
+    return Empty()
+
+
+@router.post(
+    "/revoke",
+    summary="Log out",
+    description="End the session of this refresh token. Its access tokens are refused from the "
+    "next request on.",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(401, 422),
+)
+async def revoke(body: RevokeRequest, db: DbSession, security: SecurityDep) -> Response:
+    await auth.revoke(db, security, body.refresh_token)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

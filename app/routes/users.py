@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Response, status
+
+from app.dependencies import (
+    AdminUser,
+    ClientDep,
+    CurrentPrincipal,
+    CurrentUser,
+    DbSession,
+    PageParams,
+    SecurityDep,
+    UserById,
+)
+from app.schemas.common import Page, problem_responses
+from app.schemas.user import (
+    AdminUserUpdate,
+    PasswordChange,
+    Registered,
+    SessionOut,
+    UserCreate,
+    UserOut,
+    UserPublic,
+    UserUpdate,
+)
+from app.services import auth, users
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+@router.post(
+    "",
+    summary="Register",
+    description="Create an account and log it in: answers with the user and a token pair.",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Registered,
+    responses=problem_responses(409, 422, 429),
+)
+async def register(
+    body: UserCreate, response: Response, db: DbSession, security: SecurityDep, client: ClientDep
+) -> Registered:
+    user, tokens = await users.register(db, security, body, client)
+    response.headers["Location"] = f"/api/users/{user.id}"
+    return Registered(user=users.to_out(user), tokens=tokens)
+
+
+@router.get("/me", summary="Who am I", response_model=UserOut, responses=problem_responses(401))
+async def read_me(user: CurrentUser) -> UserOut:
+    return users.to_out(user)
+
+
+@router.patch(
+    "/me",
+    summary="Change my profile",
+    description="Change `full_name`, `bio`, `username` or `email`. A new e-mail address must be "
+    "verified again.",
+    response_model=UserOut,
+    responses=problem_responses(401, 409, 422),
+)
+async def update_me(body: UserUpdate, user: CurrentUser, db: DbSession) -> UserOut:
+    return users.to_out(await users.update(db, user, body))
+
+
+@router.post(
+    "/me/password",
+    summary="Change my password",
+    description="Needs the current password. Every other session is ended.",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(400, 401, 422),
+)
+async def change_password(
+    body: PasswordChange, caller: CurrentPrincipal, db: DbSession, security: SecurityDep
+) -> Response:
+    await users.change_password(db, security, caller, body)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete(
+    "/me",
+    summary="Delete my account",
+    description="Deletes the account, its posts and its sessions.",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(401, 409),
+)
+async def delete_me(user: CurrentUser, db: DbSession) -> Response:
+    await users.delete(db, user)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/me/sessions",
+    summary="My sessions",
+    description="Live sessions (logins), most recently used first; `current` marks this one.",
+    response_model=list[SessionOut],
+    responses=problem_responses(401),
+)
+async def list_sessions(caller: CurrentPrincipal, db: DbSession) -> list[SessionOut]:
+    return await auth.list_sessions(db, caller)
+
+
+@router.delete(
+    "/me/sessions/{session_id}",
+    summary="End a session",
+    description="Log that session out; its tokens are refused from the next request on.",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(401, 404, 422),
+)
+async def end_session(session_id: uuid.UUID, user: CurrentUser, db: DbSession) -> Response:
+    await auth.end_session(db, user.id, session_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "",
+    summary="List users (admin)",
+    response_model=Page[UserOut],
+    responses=problem_responses(401, 403, 422),
+)
+async def list_users(page: PageParams, _: AdminUser, db: DbSession) -> Page[UserOut]:
+    return await users.list_users(db, page)
+
+
+@router.get(
+    "/{user_id}",
+    summary="Public profile",
+    description="Anyone may read a profile; it never includes the e-mail address.",
+    response_model=UserPublic,
+    responses=problem_responses(404, 422),
+)
+async def read_user(user: UserById) -> UserPublic:
+    return users.to_public(user)
+
+
+@router.patch(
+    "/{user_id}",
+    summary="Change a user (admin)",
+    description="Also `role`, `is_active` and `is_verified`. Deactivating ends every session.",
+    response_model=UserOut,
+    responses=problem_responses(401, 403, 404, 409, 422),
+)
+async def admin_update(
+    _: AdminUser, body: AdminUserUpdate, user: UserById, db: DbSession
+) -> UserOut:
+    return users.to_out(await users.admin_update(db, user, body))
+
+
+@router.delete(
+    "/{user_id}",
+    summary="Delete a user (admin)",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(401, 403, 404, 409),
+)
+async def admin_delete(_: AdminUser, user: UserById, db: DbSession) -> Response:
+    await users.delete(db, user)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,1 @@
+"""Pydantic models: the API's shape. They never import the ORM models."""

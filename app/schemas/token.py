@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.common import RequestModel
+
+MAX_TOKEN_LENGTH = 4096
+
+
+class LoginRequest(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"username": "alice", "password": "correct horse battery"}}
+    )
+
+    username: str = Field(min_length=1, max_length=254, description="Username or e-mail address")
+    password: str = Field(min_length=1, max_length=128)
+
+
+class RefreshRequest(RequestModel):
+    refresh_token: str = Field(min_length=1, max_length=MAX_TOKEN_LENGTH)
+
+
+class RevokeRequest(RequestModel):
+    refresh_token: str = Field(min_length=1, max_length=MAX_TOKEN_LENGTH)
+
+
+class VerifyRequest(RequestModel):
+    token: str = Field(min_length=1, max_length=MAX_TOKEN_LENGTH)
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(description="Seconds until the access token expires")
+    refresh_expires_in: int = Field(description="Seconds until the refresh token expires")
+
+
+class Empty(BaseModel):
+    model_config = ConfigDict(extra="forbid")

@@ -1,0 +1,1 @@
+"""Business rules. Routes call these; these raise the errors of `app.errors`."""

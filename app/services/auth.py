@@ -1,0 +1,216 @@
+"""Logins, token rotation, revocation and the sessions behind them."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.database.types import utcnow
+from app.errors import (
+    InactiveUser,
+    InvalidCredentials,
+    RefreshTokenReused,
+    SessionNotFound,
+    TokenExpired,
+    TokenRevoked,
+)
+from app.models import AuthSession, User
+from app.schemas.token import TokenPair
+from app.schemas.user import SessionOut
+from app.security import IssuedToken, TokenClaims, fingerprint
+from app.services.security import Client, Security
+
+USER_AGENT_MAX = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller: the user and the session their access token belongs to."""
+
+    user: User
+    session_id: uuid.UUID
+
+
+async def authenticate(db: AsyncSession, security: Security, login: str, password: str) -> User:
+    """The user with this username or e-mail and password; the same answer and cost if unknown."""
+    column = User.email if "@" in login else User.username
+    user = await db.scalar(select(User).where(column == login.strip().lower()))
+    # End the transaction before hashing: no pooled connection waits on the CPU-bound check.
+    await db.commit()
+    if not await security.passwords.verify(user.password_hash if user else None, password):
+        raise InvalidCredentials
+    assert user is not None, "verify() is False without a hash"
+    if not user.is_active:
+        raise InactiveUser
+    if security.passwords.needs_rehash(user.password_hash):
+        user.password_hash = await security.passwords.hash(password)
+    return user
+
+
+async def start_session(
+    db: AsyncSession, security: Security, user: User, client: Client
+) -> TokenPair:
+    """Open a session for a freshly authenticated user and issue its first token pair."""
+    session_id = uuid.uuid4()
+    expires_at = utcnow() + security.tokens.refresh_ttl
+    refresh = security.tokens.issue("refresh", user.id, session_id, expires_at)
+    db.add(
+        AuthSession(
+            id=session_id,
+            user_id=user.id,
+            refresh_token_hash=fingerprint(refresh.token),
+            expires_at=expires_at,
+            user_agent=client.user_agent[:USER_AGENT_MAX],
+            ip=client.ip,
+        )
+    )
+    await db.commit()
+    return _pair(security, refresh)
+
+
+async def refresh(db: AsyncSession, security: Security, refresh_token: str) -> TokenPair:
+    """Rotate: exchange a refresh token for a new pair, spending it.
+
+    The swap is one conditional UPDATE (a compare-and-set on the stored fingerprint), so of two
+    concurrent refreshes with the same token at most one succeeds. A token that is no longer the
+    session's current one was stolen or replayed: the whole session ends.
+    """
+    claims = security.tokens.decode(refresh_token, "refresh")
+    now = utcnow()
+    session = await db.get(AuthSession, claims.session_id)
+    if session is None or session.user_id != claims.user_id or session.revoked_at is not None:
+        raise TokenRevoked
+    if session.expires_at <= now:
+        raise TokenExpired
+    new_refresh = security.tokens.issue("refresh", claims.user_id, session.id, session.expires_at)
+    swapped = await db.execute(
+        update(AuthSession)
+        .where(
+            AuthSession.id == session.id,
+            AuthSession.refresh_token_hash == fingerprint(refresh_token),
+            AuthSession.revoked_at.is_(None),
+            AuthSession.user_id.in_(select(User.id).where(User.is_active)),
+        )
+        .values(refresh_token_hash=fingerprint(new_refresh.token), last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if swapped.rowcount != 1:  # type: ignore[attr-defined]
+        user_active = await db.scalar(select(User.is_active).where(User.id == claims.user_id))
+        await _revoke(db, AuthSession.id == session.id)
+        await db.commit()
+        raise InactiveUser if not user_active else RefreshTokenReused
+    await db.commit()
+    return _pair(security, new_refresh)
+
+
+async def revoke(db: AsyncSession, security: Security, refresh_token: str) -> None:
+    """Log out: end the session the refresh token belongs to."""
+    try:
+        claims = security.tokens.decode(refresh_token, "refresh")
+    except TokenExpired:
+        return  # the session has ended by itself
+    await _revoke(db, AuthSession.id == claims.session_id, AuthSession.user_id == claims.user_id)
+    await db.commit()
+
+
+async def verify(db: AsyncSession, security: Security, token: str) -> None:
+    """Check any token: signature, claims, and that its session is still live."""
+    claims = security.tokens.decode(token, None)
+    session = await db.get(AuthSession, claims.session_id)
+    if not _is_live(session, claims) or (
+        claims.type == "refresh" and session.refresh_token_hash != fingerprint(token)  # type: ignore[union-attr]
+    ):
+        raise TokenRevoked
+    user_active = await db.scalar(select(User.is_active).where(User.id == claims.user_id))
+    if not user_active:
+        raise InactiveUser
+
+
+async def principal(db: AsyncSession, security: Security, access_token: str) -> Principal:
+    """The caller behind an access token, whose session must still be live."""
+    claims = security.tokens.decode(access_token, "access")
+    row = (
+        await db.execute(
+            select(User, AuthSession)
+            .join(AuthSession, AuthSession.user_id == User.id)
+            .where(User.id == claims.user_id, AuthSession.id == claims.session_id)
+        )
+    ).first()
+    if row is None or not _is_live(row[1], claims):
+        raise TokenRevoked
+    user: User = row[0]
+    if not user.is_active:
+        raise InactiveUser
+    return Principal(user, claims.session_id)
+
+
+async def list_sessions(db: AsyncSession, caller: Principal) -> list[SessionOut]:
+    rows = await db.scalars(
+        select(AuthSession)
+        .where(
+            AuthSession.user_id == caller.user.id,
+            AuthSession.revoked_at.is_(None),
+            AuthSession.expires_at > utcnow(),
+        )
+        .order_by(AuthSession.last_used_at.desc(), AuthSession.id)
+    )
+    return [
+        SessionOut(
+            id=s.id,
+            created_at=s.created_at,
+            last_used_at=s.last_used_at,
+            user_agent=s.user_agent,
+            ip=s.ip,
+            current=s.id == caller.session_id,
+        )
+        for s in rows
+    ]
+
+
+async def end_session(db: AsyncSession, user_id: int, session_id: uuid.UUID) -> None:
+    ended = await _revoke(db, AuthSession.id == session_id, AuthSession.user_id == user_id)
+    if not ended:
+        raise SessionNotFound
+    await db.commit()
+
+
+async def end_sessions(db: AsyncSession, user_id: int, keep: uuid.UUID | None = None) -> int:
+    """End every live session of a user, except `keep`. The caller commits."""
+    conditions = [AuthSession.user_id == user_id]
+    if keep is not None:
+        conditions.append(AuthSession.id != keep)
+    return await _revoke(db, *conditions)
+
+
+async def _revoke(db: AsyncSession, *conditions: object) -> int:
+    result = await db.execute(
+        update(AuthSession)
+        .where(AuthSession.revoked_at.is_(None), *conditions)  # type: ignore[arg-type]
+        .values(revoked_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _is_live(session: AuthSession | None, claims: TokenClaims) -> bool:
+    return (
+        session is not None
+        and session.user_id == claims.user_id
+        and session.revoked_at is None
+        and session.expires_at > utcnow()
+    )
+
+
+def _pair(security: Security, refresh: IssuedToken) -> TokenPair:
+    claims = refresh.claims
+    access = security.tokens.issue("access", claims.user_id, claims.session_id)
+    return TokenPair(
+        access_token=access.token,
+        refresh_token=refresh.token,
+        expires_in=int((access.claims.expires_at - utcnow()).total_seconds()),
+        refresh_expires_in=max(0, int((claims.expires_at - utcnow()).total_seconds())),
+    )
+

@@ -1,0 +1,211 @@
+"""Posts, their tags and likes: rules, queries and the mapping to the API's shape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, delete, exists, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload, selectinload
+
+from app.database.types import utcnow
+from app.database.upsert import insert_ignoring_conflicts
+from app.errors import NotPostAuthor, PostNotFound
+from app.models import Post, PostLike, Tag, User, post_tag
+from app.schemas.common import Page
+from app.schemas.post import AuthorOut, PostCreate, PostOut, PostPatch, PostQuery, PostReplace, TagCount
+
+_SORT_COLUMNS: dict[str, Any] = {
+    "created_at": Post.created_at,
+    "updated_at": Post.updated_at,
+    "title": func.lower(Post.title),
+    "likes": Post.likes,
+}
+LIKE_ESCAPE = "\\"
+
+
+def _with_relations(stmt: Select[tuple[Post]]) -> Select[tuple[Post]]:
+    return stmt.options(joinedload(Post.author), selectinload(Post.tags))
+
+
+def _visible_to(viewer: User | None) -> ColumnElement[bool] | None:
+    """Drafts are seen by their author and administrators only."""
+    if viewer is None:
+        return Post.published.is_(True)
+    if viewer.is_admin:
+        return None
+    return or_(Post.published.is_(True), Post.author_id == viewer.id)
+
+
+async def get_visible(db: AsyncSession, post_id: int, viewer: User | None) -> Post:
+    stmt = _with_relations(select(Post).where(Post.id == post_id))
+    if (visible := _visible_to(viewer)) is not None:
+        stmt = stmt.where(visible)
+    post = await db.scalar(stmt)
+    if post is None:
+        raise PostNotFound
+    return post
+
+
+def ensure_can_edit(post: Post, user: User) -> Post:
+    if post.author_id != user.id and not user.is_admin:
+        raise NotPostAuthor
+    return post
+
+
+async def create(db: AsyncSession, author: User, data: PostCreate) -> PostOut:
+    now = utcnow()
+    post = Post(
+        author_id=author.id,
+        title=data.title,
+        content=data.content,
+        published=data.published,
+        likes=0,
+        created_at=now,
+        updated_at=now,
+    )
+    post.author = author
+    post.tags = await _tags_named(db, data.tags)
+    db.add(post)
+    await db.commit()
+    return to_out(post, liked=False)
+
+
+async def change(
+    db: AsyncSession, post: Post, changes: PostReplace | PostPatch, viewer: User
+) -> PostOut:
+    values = changes.model_dump(exclude_unset=not isinstance(changes, PostReplace))
+    tags = values.pop("tags", None)
+    for field, value in values.items():
+        setattr(post, field, value)
+    if tags is not None:
+        post.tags = await _tags_named(db, tags)
+    post.updated_at = utcnow()
+    await db.commit()
+    return to_out(post, liked=await _liked(db, viewer, [post.id]) == {post.id})
+
+
+async def delete_post(db: AsyncSession, post: Post) -> None:
+    await db.delete(post)
+    await db.commit()
+
+
+async def set_like(db: AsyncSession, post: Post, user: User, liked: bool) -> None:
+    """Like or unlike, idempotently; the counter moves only when the like row changes."""
+    if liked:
+        changed = await insert_ignoring_conflicts(
+            db, PostLike, [{"post_id": post.id, "user_id": user.id, "created_at": utcnow()}]
+        )
+    else:
+        result = await db.execute(
+            delete(PostLike).where(PostLike.post_id == post.id, PostLike.user_id == user.id)
+        )
+        changed = int(result.rowcount)  # type: ignore[attr-defined]
+    if changed:
+        await db.execute(
+            update(Post)
+            .where(Post.id == post.id)
+            .values(likes=Post.likes + (1 if liked else -1))
+            .execution_options(synchronize_session=False)
+        )
+    await db.commit()
+
+
+async def get_out(db: AsyncSession, post: Post, viewer: User | None) -> PostOut:
+    return to_out(post, liked=post.id in await _liked(db, viewer, [post.id]))
+
+
+async def list_posts(db: AsyncSession, query: PostQuery, viewer: User | None) -> Page[PostOut]:
+    """One page: a count, the rows with their authors, their tags, and the viewer's likes."""
+    conditions = list(_filters(query, viewer))
+    total = await db.scalar(select(func.count(Post.id)).where(*conditions)) or 0
+    column = _SORT_COLUMNS[query.sort.removeprefix("-")]
+    descending = query.sort.startswith("-")
+    order = (column.desc(), Post.id.desc()) if descending else (column.asc(), Post.id.asc())
+    stmt = _with_relations(select(Post).where(*conditions).order_by(*order))
+    posts = (await db.scalars(stmt.limit(query.limit).offset(query.offset))).unique().all()
+    liked = await _liked(db, viewer, [p.id for p in posts])
+    return Page(
+        items=[to_out(p, liked=p.id in liked) for p in posts],
+        total=total,
+        limit=query.limit,
+        offset=query.offset,
+    )
+
+
+async def popular_tags(db: AsyncSession, prefix: str | None, limit: int) -> list[TagCount]:
+    """Tags with the number of published posts carrying them, most used first."""
+    count = func.count(post_tag.c.post_id)
+    stmt = (
+        select(Tag.name, count)
+        .join(post_tag, post_tag.c.tag_id == Tag.id)
+        .join(Post, Post.id == post_tag.c.post_id)
+        .where(Post.published.is_(True))
+        .group_by(Tag.id, Tag.name)
+        .order_by(count.desc(), Tag.name)
+        .limit(limit)
+    )
+    if prefix:
+        stmt = stmt.where(Tag.name.startswith(prefix.lower(), autoescape=True))
+    return [TagCount(name=name, count=n) for name, n in await db.execute(stmt)]
+
+
+def to_out(post: Post, liked: bool) -> PostOut:
+    return PostOut(
+        id=post.id,
+        title=post.title,
+        content=post.content,
+        published=post.published,
+        tags=sorted(tag.name for tag in post.tags),
+        author=AuthorOut(id=post.author.id, username=post.author.username),
+        images=[],
+        likes=post.likes,
+        liked_by_me=liked,
+        created_at=post.created_at,
+        updated_at=post.updated_at,
+    )
+
+
+def _filters(query: PostQuery, viewer: User | None) -> Iterable[ColumnElement[bool]]:
+    if (visible := _visible_to(viewer)) is not None:
+        yield visible
+    if query.q:
+        pattern = f"%{_escape_like(query.q)}%"
+        yield or_(
+            Post.title.ilike(pattern, escape=LIKE_ESCAPE),
+            Post.content.ilike(pattern, escape=LIKE_ESCAPE),
+        )
+    for name in dict.fromkeys(t.strip().lower() for t in query.tag):
+        yield exists().where(
+            post_tag.c.post_id == Post.id,
+            post_tag.c.tag_id == select(Tag.id).where(Tag.name == name).scalar_subquery(),
+        )
+    if query.author:
+        yield Post.author_id == (
+            select(User.id).where(User.username == query.author.lower()).scalar_subquery()
+        )
+
+
+def _escape_like(text: str) -> str:
+    return (
+        text.replace(LIKE_ESCAPE, LIKE_ESCAPE * 2)
+        .replace("%", LIKE_ESCAPE + "%")
+        .replace("_", LIKE_ESCAPE + "_")
+    )
+
+
+async def _tags_named(db: AsyncSession, names: Sequence[str]) -> list[Tag]:
+    if not names:
+        return []
+    await insert_ignoring_conflicts(db, Tag, [{"name": n} for n in names])
+    return list(await db.scalars(select(Tag).where(Tag.name.in_(names))))
+
+
+async def _liked(db: AsyncSession, viewer: User | None, post_ids: Sequence[int]) -> set[int]:
+    if viewer is None or not post_ids:
+        return set()
+    rows = await db.scalars(
+        select(PostLike.post_id).where(PostLike.user_id == viewer.id, PostLike.post_id.in_(post_ids))
+    )
+    return set(rows)

@@ -1,0 +1,187 @@
+"""Accounts: registration, profile changes, passwords and administration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import EmailTaken, LastAdmin, UsernameTaken, UserNotFound, WrongPassword
+from app.models import Role, User
+from app.schemas.common import Page, PageQuery
+from app.schemas.token import TokenPair
+from app.schemas.user import (
+    AdminUserUpdate,
+    PasswordChange,
+    UserCreate,
+    UserOut,
+    UserPublic,
+    UserUpdate,
+)
+from app.services import auth
+from app.services.security import Client, Security
+
+
+def to_out(user: User) -> UserOut:
+    return UserOut(
+        id=user.id,
+        email=user.email,
+        username=user.username,
+        full_name=user.full_name,
+        bio=user.bio,
+        role=Role(user.role).value,
+        is_active=user.is_active,
+        is_verified=user.is_verified,
+        created_at=user.created_at,
+    )
+
+
+def to_public(user: User) -> UserPublic:
+    return UserPublic(
+        id=user.id,
+        username=user.username,
+        full_name=user.full_name,
+        bio=user.bio,
+        created_at=user.created_at,
+    )
+
+
+async def register(
+    db: AsyncSession, security: Security, data: UserCreate, client: Client
+) -> tuple[User, TokenPair]:
+    await _ensure_unique(db, email=data.email, username=data.username)
+    await db.commit()  # hand the connection back while the password hashes
+    password_hash = await security.passwords.hash(data.password)
+    user = User(
+        email=data.email,
+        username=data.username,
+        password_hash=password_hash,
+        full_name=data.full_name,
+        bio=data.bio,
+    )
+    db.add(user)
+    await _flush_unique(db, email=data.email, username=data.username)
+    tokens = await auth.start_session(db, security, user, client)
+    return user, tokens
+
+
+async def create_admin(
+    db: AsyncSession, security: Security, email: str, username: str, password: str
+) -> User:
+    """Create an administrator, or promote the existing account with that e-mail address."""
+    user = await db.scalar(select(User).where(User.email == email.lower()))
+    if user is None:
+        await _ensure_unique(db, username=username)
+        user = User(
+            email=email.lower(),
+            username=username,
+            password_hash=await security.passwords.hash(password),
+            is_verified=True,
+        )
+        db.add(user)
+    user.role = Role.ADMIN
+    user.is_active = True
+    await _flush_unique(db, email=email.lower(), username=username)
+    await db.commit()
+    return user
+
+
+async def get(db: AsyncSession, user_id: int) -> User:
+    user = await db.get(User, user_id)
+    if user is None:
+        raise UserNotFound
+    return user
+
+
+async def update(db: AsyncSession, user: User, changes: UserUpdate) -> User:
+    values = changes.changes()
+    await _apply(db, user, values)
+    await db.commit()
+    return user
+
+
+async def change_password(
+    db: AsyncSession, security: Security, caller: auth.Principal, data: PasswordChange
+) -> None:
+    user = caller.user
+    current_hash = user.password_hash
+    await db.commit()
+    if not await security.passwords.verify(current_hash, data.current_password):
+        raise WrongPassword
+    user.password_hash = await security.passwords.hash(data.new_password)
+    db.add(user)
+    await auth.end_sessions(db, user.id, keep=caller.session_id)
+    await db.commit()
+
+
+async def delete(db: AsyncSession, user: User) -> None:
+    if user.is_admin:
+        await _ensure_other_admin(db, user)
+    await db.delete(user)
+    await db.commit()
+
+
+async def list_users(db: AsyncSession, page: PageQuery) -> Page[UserOut]:
+    limit, offset = page.limit, page.offset
+    total = await db.scalar(select(func.count()).select_from(User)) or 0
+    rows = await db.scalars(select(User).order_by(User.id).limit(limit).offset(offset))
+    return Page(items=[to_out(u) for u in rows], total=total, limit=limit, offset=offset)
+
+
+async def admin_update(db: AsyncSession, user: User, changes: AdminUserUpdate) -> User:
+    values = changes.changes()
+    losing_admin = user.is_admin and (
+        values.get("role", user.role) != Role.ADMIN or values.get("is_active") is False
+    )
+    if losing_admin:
+        await _ensure_other_admin(db, user)
+    await _apply(db, user, values)
+    if values.get("is_active") is False:
+        await auth.end_sessions(db, user.id)
+    await db.commit()
+    return user
+
+
+async def _apply(db: AsyncSession, user: User, values: dict[str, Any]) -> None:
+    email, username = values.get("email"), values.get("username")
+    await _ensure_unique(
+        db,
+        email=email if email != user.email else None,
+        username=username if username != user.username else None,
+    )
+    if email is not None and email != user.email and "is_verified" not in values:
+        values["is_verified"] = False  # a new address must be verified again
+    for field, value in values.items():
+        setattr(user, field, value)
+    await _flush_unique(db, email=email, username=username)
+
+
+async def _ensure_unique(
+    db: AsyncSession, email: str | None = None, username: str | None = None
+) -> None:
+    if email is not None and await db.scalar(select(User.id).where(User.email == email)):
+        raise EmailTaken
+    if username is not None and await db.scalar(select(User.id).where(User.username == username)):
+        raise UsernameTaken
+
+
+async def _flush_unique(db: AsyncSession, email: str | None, username: str | None) -> None:
+    """Flush, turning a unique violation from a concurrent request into the right 409."""
+    try:
+        await db.flush()
+    except IntegrityError:
+        await db.rollback()
+        await _ensure_unique(db, email=email, username=username)
+        raise
+
+
+async def _ensure_other_admin(db: AsyncSession, user: User) -> None:
+    others = await db.scalar(
+        select(func.count())
+        .select_from(User)
+        .where(User.role == Role.ADMIN, User.is_active, User.id != user.id)
+    )
+    if not others:
+        raise LastAdmin

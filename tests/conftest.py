@@ -1,0 +1,178 @@
+"""Fixtures: one database per test run (SQLite or PostgreSQL, by INKWELL_TEST_DB), migrated with
+Alembic, one app for the run, and rows cleared after every test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from alembic import command
+from alembic.config import Config
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy import delete, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from app.config import Settings
+from app.database.base import Base
+from app.main import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKEND = os.environ.get("INKWELL_TEST_DB", "sqlite")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_report_header() -> str:
+    return f"inkwell database backend: {BACKEND}"
+
+
+def alembic_config(settings: Settings) -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["settings"] = settings
+    config.attributes["configure_logger"] = False
+    return config
+
+
+async def _create_postgres_database() -> str:
+    name = f"inkwell_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        message = f"PostgreSQL at {POSTGRES_ADMIN_URL} is not reachable: {exc}"
+        if ON_CI:
+            pytest.fail(message + " (CI=true: the PostgreSQL run may not be skipped)")
+        pytest.skip(message)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def _drop_postgres_database(name: str) -> None:
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def tmp_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+async def database_url(tmp_data: Path) -> AsyncIterator[str]:
+    """A fresh database for this run, dropped at the end."""
+    if BACKEND == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_data / 'test.db'}"
+        return
+    if BACKEND != "postgresql":
+        raise pytest.UsageError(f"INKWELL_TEST_DB must be sqlite or postgresql, not {BACKEND!r}")
+    name = await _create_postgres_database()
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(
+            drivername="postgresql+asyncpg", database=name
+        ).render_as_string(hide_password=False)
+    finally:
+        await _drop_postgres_database(name)
+
+
+def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "environment": "test",
+        "database_url": database_url,
+        "data_dir": data_dir,
+        "jwt_secret_key": "test-secret-test-secret-test-secret-0123456789",
+        # Cheap hashes keep the suite fast; test_security checks the production defaults.
+        "argon2_memory_kib": 1024,
+        "argon2_time_cost": 1,
+        **overrides,
+    }
+    return Settings.model_validate(values)
+
+
+@pytest.fixture(scope="session")
+async def settings(database_url: str, tmp_data: Path) -> Settings:
+    settings = make_settings(database_url, tmp_data)
+    await asyncio.to_thread(command.upgrade, alembic_config(settings), "head")
+    return settings
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings, configure_logs=False)
+    async with LifespanManager(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+def engine(app: FastAPI) -> AsyncEngine:
+    engine: AsyncEngine = app.state.engine
+    return engine
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
+        yield ac
+
+
+@pytest.fixture
+async def db(app: FastAPI) -> AsyncIterator[AsyncSession]:
+    """A session of its own, to look at what the API stored."""
+    async with app.state.session_factory() as session:
+        yield session
+
+
+@pytest.fixture(autouse=True)
+async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    uses_app = "app" in request.fixturenames
+    engine: AsyncEngine | None = request.getfixturevalue("engine") if uses_app else None
+    yield
+    if engine is None:
+        return
+    tables = list(reversed(Base.metadata.sorted_tables))
+    async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            names = ", ".join(f'"{t.name}"' for t in tables)
+            await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                await conn.execute(delete(table))
+
+
+class QueryCounter:
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+
+@pytest.fixture
+def count_queries(engine: AsyncEngine) -> Iterator[QueryCounter]:
+    """Counts the SQL statements the app sends while the test runs."""
+    counter = QueryCounter()
+
+    def _record(*args: object) -> None:
+        counter.statements.append(str(args[2]))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", _record)
+    try:
+        yield counter
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", _record)

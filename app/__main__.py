@@ -49,7 +49,10 @@ def create_admin(
     email: Annotated[str, typer.Option(prompt=True)],
     username: Annotated[str, typer.Option(prompt=True)] = "admin",
     password: Annotated[
-        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, envvar="ADMIN_PASSWORD")
+        str,
+        typer.Option(
+            prompt=True, hide_input=True, confirmation_prompt=True, envvar="ADMIN_PASSWORD"
+        ),
     ] = "",
 ) -> None:
     """Create an administrator (or promote the account with that e-mail)."""

@@ -122,7 +122,9 @@ class Tokens:
             raise InvalidToken from exc
         type_ = payload["type"]
         if type_ not in ("access", "refresh") or (expected_type and type_ != expected_type):
-            raise InvalidToken(f"Wrong token type: expected {expected_type or 'access or refresh'}.")
+            raise InvalidToken(
+                f"Wrong token type: expected {expected_type or 'access or refresh'}."
+            )
         try:
             return TokenClaims(
                 user_id=int(payload["sub"]),

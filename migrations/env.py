@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from Inkwell's settings; migrations run on the async engine."""
+"""Alembic environment: the URL comes from Inkwell's settings; migrations use the async engine."""
 
 from __future__ import annotations
 

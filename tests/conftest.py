@@ -43,8 +43,12 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
-async def _create_postgres_database() -> str:
-    name = f"inkwell_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+def postgres_url(database: str) -> str:
+    url = make_url(POSTGRES_ADMIN_URL).set(drivername="postgresql+asyncpg", database=database)
+    return url.render_as_string(hide_password=False)
+
+
+async def create_postgres_database(name: str) -> str:
     try:
         conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
@@ -59,7 +63,7 @@ async def _create_postgres_database() -> str:
     return name
 
 
-async def _drop_postgres_database(name: str) -> None:
+async def drop_postgres_database(name: str) -> None:
     conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -80,13 +84,11 @@ async def database_url(tmp_data: Path) -> AsyncIterator[str]:
         return
     if BACKEND != "postgresql":
         raise pytest.UsageError(f"INKWELL_TEST_DB must be sqlite or postgresql, not {BACKEND!r}")
-    name = await _create_postgres_database()
+    name = await create_postgres_database(f"inkwell_test_{os.getpid()}_{uuid.uuid4().hex[:8]}")
     try:
-        yield make_url(POSTGRES_ADMIN_URL).set(
-            drivername="postgresql+asyncpg", database=name
-        ).render_as_string(hide_password=False)
+        yield postgres_url(name)
     finally:
-        await _drop_postgres_database(name)
+        await drop_postgres_database(name)
 
 
 def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:

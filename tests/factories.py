@@ -73,9 +73,7 @@ async def login(
     return tokens
 
 
-async def create_post(
-    client: httpx.AsyncClient, author: Account, **fields: Any
-) -> dict[str, Any]:
+async def create_post(client: httpx.AsyncClient, author: Account, **fields: Any) -> dict[str, Any]:
     n = next(_counter)
     payload = {"title": f"Post {n}", "content": f"Content of post {n}.", **fields}
     response = await client.post("/api/posts", json=payload, headers=author.headers)

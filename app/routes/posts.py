@@ -72,7 +72,9 @@ async def read_post(
     response_model=PostOut,
     responses=problem_responses(401, 403, 404, 422),
 )
-async def replace_post(body: PostReplace, post: OwnedPost, user: CurrentUser, db: DbSession) -> PostOut:
+async def replace_post(
+    body: PostReplace, post: OwnedPost, user: CurrentUser, db: DbSession
+) -> PostOut:
     return await posts.change(db, post, body, user)
 
 

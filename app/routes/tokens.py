@@ -12,7 +12,14 @@ from pydantic import ValidationError
 from app.dependencies import ClientDep, DbSession, SecurityDep
 from app.errors import AppError
 from app.schemas.common import problem_responses
-from app.schemas.token import Empty, LoginRequest, RefreshRequest, RevokeRequest, TokenPair, VerifyRequest
+from app.schemas.token import (
+    Empty,
+    LoginRequest,
+    RefreshRequest,
+    RevokeRequest,
+    TokenPair,
+    VerifyRequest,
+)
 from app.services import auth
 
 router = APIRouter(prefix="/token", tags=["tokens"])

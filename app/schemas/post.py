@@ -4,7 +4,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
 from app.schemas.common import PatchModel, RequestModel
 
@@ -17,7 +17,7 @@ def _normalise_tags(tags: list[str]) -> list[str]:
     for raw in tags:
         tag = raw.strip().lower()
         if not TAG_PATTERN.fullmatch(tag):
-            raise ValueError(f"invalid tag {raw!r}: use 1–32 of a–z, 0–9 and '-'")
+            raise ValueError(f"invalid tag {raw!r}: use 1-32 of a-z, 0-9 and '-'")
         seen.setdefault(tag, None)
     if len(seen) > MAX_TAGS:
         raise ValueError(f"at most {MAX_TAGS} tags")
@@ -38,7 +38,7 @@ Tags = Annotated[
     AfterValidator(_normalise_tags),
 ]
 
-_POST_EXAMPLE = {
+_POST_EXAMPLE: dict[str, JsonValue] = {
     "title": "Hello, Inkwell",
     "content": "The *first* post.",
     "published": True,
@@ -52,7 +52,7 @@ class PostCreate(RequestModel):
     title: Title
     content: Content
     published: bool = True
-    tags: Tags = []
+    tags: Tags = Field(default_factory=list)
 
 
 class PostReplace(RequestModel):
@@ -115,7 +115,10 @@ class PostQuery(BaseModel):
         "-created_at", description="Sort key; `-` prefix for descending. Ties break by id."
     )
     q: str | None = Field(
-        None, min_length=1, max_length=200, description="Case-insensitive search in title and content"
+        None,
+        min_length=1,
+        max_length=200,
+        description="Case-insensitive search in title and content",
     )
     tag: list[Annotated[str, Field(max_length=64)]] = Field(
         default_factory=list, max_length=MAX_TAGS, description="Repeatable: a post must carry all"

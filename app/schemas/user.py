@@ -20,7 +20,7 @@ Email = Annotated[EmailStr, Field(max_length=254), AfterValidator(_lower)]
 Username = Annotated[
     str,
     StringConstraints(pattern=USERNAME_PATTERN),
-    Field(description="3–32 characters: a–z, 0–9, `_`", examples=["alice"]),
+    Field(description="3-32 characters: a-z, 0-9, `_`", examples=["alice"]),
 ]
 Password = Annotated[str, Field(min_length=8, max_length=128)]
 FullName = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)]

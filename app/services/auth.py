@@ -213,4 +213,3 @@ def _pair(security: Security, refresh: IssuedToken) -> TokenPair:
         expires_in=int((access.claims.expires_at - utcnow()).total_seconds()),
         refresh_expires_in=max(0, int((claims.expires_at - utcnow()).total_seconds())),
     )
-

@@ -14,7 +14,15 @@ from app.database.upsert import insert_ignoring_conflicts
 from app.errors import NotPostAuthor, PostNotFound
 from app.models import Post, PostLike, Tag, User, post_tag
 from app.schemas.common import Page
-from app.schemas.post import AuthorOut, PostCreate, PostOut, PostPatch, PostQuery, PostReplace, TagCount
+from app.schemas.post import (
+    AuthorOut,
+    PostCreate,
+    PostOut,
+    PostPatch,
+    PostQuery,
+    PostReplace,
+    TagCount,
+)
 
 _SORT_COLUMNS: dict[str, Any] = {
     "created_at": Post.created_at,
@@ -25,7 +33,7 @@ _SORT_COLUMNS: dict[str, Any] = {
 LIKE_ESCAPE = "\\"
 
 
-def _with_relations(stmt: Select[tuple[Post]]) -> Select[tuple[Post]]:
+def _with_relations(stmt: Select[Post]) -> Select[Post]:
     return stmt.options(joinedload(Post.author), selectinload(Post.tags))
 
 
@@ -206,6 +214,8 @@ async def _liked(db: AsyncSession, viewer: User | None, post_ids: Sequence[int])
     if viewer is None or not post_ids:
         return set()
     rows = await db.scalars(
-        select(PostLike.post_id).where(PostLike.user_id == viewer.id, PostLike.post_id.in_(post_ids))
+        select(PostLike.post_id).where(
+            PostLike.user_id == viewer.id, PostLike.post_id.in_(post_ids)
+        )
     )
     return set(rows)

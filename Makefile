@@ -1,0 +1,57 @@
+# Inkwell: `make run` serves the API, `make test` runs the whole suite on SQLite and PostgreSQL.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+TEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run migrate test test-sqlite test-postgres lint format lock bench clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "uv==$(UV_VERSION)"
+
+$(VENV)/.installed: $(BIN)/uv pyproject.toml uv.lock
+	$(BIN)/uv sync --frozen --inexact --quiet
+	@touch $@
+
+install: $(VENV)/.installed  ## Create .venv with the locked dependencies
+
+migrate: install  ## Apply the database migrations
+	$(BIN)/python -m app migrate
+
+run: migrate  ## Serve the API on http://127.0.0.1:8000 (HOST/PORT override)
+	$(BIN)/python -m app run
+
+test: test-sqlite test-postgres  ## Run the suite against SQLite, then PostgreSQL
+
+test-sqlite: install
+	INKWELL_TEST_DB=sqlite $(BIN)/pytest $(TEST_ARGS)
+
+test-postgres: install
+	INKWELL_TEST_DB=postgresql $(BIN)/pytest $(TEST_ARGS)
+
+lint: install  ## ruff, ruff format --check and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install  ## Format and fix what ruff can
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+lock: $(BIN)/uv  ## Re-lock dependencies and export requirements*.txt
+	$(BIN)/uv lock
+	$(BIN)/uv export --quiet --frozen --no-dev --no-emit-project -o requirements.txt
+	$(BIN)/uv export --quiet --frozen --only-dev --no-emit-project -o requirements-dev.txt
+
+bench: install  ## Run the benchmarks in bench/
+	$(BIN)/python bench/run.py
+
+clean:  ## Remove the virtual environment and local data
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

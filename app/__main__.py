@@ -24,20 +24,21 @@ def migrate(revision: str = "head") -> None:
 
 @cli.command()
 def run(
-    host: Annotated[str, typer.Option(envvar="HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="PORT")] = 8000,
-    workers: Annotated[int, typer.Option(envvar="WEB_CONCURRENCY")] = 1,
+    host: Annotated[str | None, typer.Option(help="Default: HOST or 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: PORT or 8000")] = None,
+    workers: Annotated[int | None, typer.Option(help="Default: WEB_CONCURRENCY or 1")] = None,
     reload: bool = False,
 ) -> None:
     """Serve the API with uvicorn."""
     import uvicorn
 
+    settings = get_settings()
     uvicorn.run(
         "app.main:create_app",
         factory=True,
-        host=host,
-        port=port,
-        workers=workers,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.web_concurrency,
         reload=reload,
         log_config=None,
         proxy_headers=True,

@@ -105,3 +105,9 @@ async def test_password_hashing_runs_off_the_event_loop_thread(tmp_path: Path) -
     assert await passwords.verify(password_hash, "a long enough password")
     assert not await passwords.verify(password_hash, "a long enough password!")
     assert not await passwords.verify(None, "a long enough password")
+
+
+def test_env_example_documents_every_setting() -> None:
+    documented = (Path(__file__).parent.parent / ".env.example").read_text()
+    missing = [name.upper() for name in Settings.model_fields if name.upper() not in documented]
+    assert missing == []

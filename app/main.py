@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.config import Settings, get_settings
@@ -72,11 +72,8 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     )
     app.state.settings = settings
 
-    api = APIRouter(prefix="/api")
-    for module in (tokens, users, posts, tags):
-        api.include_router(module.router)
-    app.include_router(api)
-    app.include_router(health.router)
+    for module in (tokens, users, posts, tags, health):
+        app.include_router(module.router)
 
     install_error_handlers(app)
     if settings.cors_origins:

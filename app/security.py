@@ -19,6 +19,7 @@ from app.database.types import utcnow
 from app.errors import InvalidToken, TokenExpired
 
 TokenType = Literal["access", "refresh"]
+MAX_ID = 2**63 - 1  # ids are BIGINT
 
 
 class Passwords:
@@ -126,8 +127,11 @@ class Tokens:
                 f"Wrong token type: expected {expected_type or 'access or refresh'}."
             )
         try:
+            user_id = int(payload["sub"])
+            if not 0 < user_id <= MAX_ID:
+                raise ValueError("subject out of range")
             return TokenClaims(
-                user_id=int(payload["sub"]),
+                user_id=user_id,
                 session_id=uuid.UUID(str(payload["sid"])),
                 token_id=str(payload["jti"]),
                 type=type_,

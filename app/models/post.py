@@ -31,6 +31,7 @@ post_tag = Table(
 
 class Tag(Base):
     __tablename__ = "tag"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     name: Mapped[str] = mapped_column(String(32), unique=True)
@@ -43,6 +44,7 @@ class Post(Base):
         Index(None, "updated_at", "id"),
         Index(None, "likes", "id"),
         Index(None, "author_id", "created_at"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)

@@ -17,6 +17,8 @@ class Role(enum.StrEnum):
 
 class User(Base):
     __tablename__ = "user"
+    # Never hand a deleted user's id to a new account (SQLite reuses the highest id otherwise).
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     # Stored lower-cased, so the unique index is case-insensitive on every database.

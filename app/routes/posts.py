@@ -17,7 +17,7 @@ from app.schemas.common import Page, problem_responses
 from app.schemas.post import PostCreate, PostOut, PostPatch, PostReplace
 from app.services import posts
 
-router = APIRouter(prefix="/posts", tags=["posts"])
+router = APIRouter(prefix="/api/posts", tags=["posts"])
 
 
 @router.post(

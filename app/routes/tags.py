@@ -9,7 +9,7 @@ from app.schemas.common import problem_responses
 from app.schemas.post import TagCount
 from app.services import posts
 
-router = APIRouter(prefix="/tags", tags=["posts"])
+router = APIRouter(prefix="/api/tags", tags=["posts"])
 
 
 @router.get(

@@ -22,7 +22,7 @@ from app.schemas.token import (
 )
 from app.services import auth
 
-router = APIRouter(prefix="/token", tags=["tokens"])
+router = APIRouter(prefix="/api/token", tags=["tokens"])
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -46,7 +46,7 @@ async def login_request(request: Request) -> LoginRequest:
         body = await request.body()
         try:
             data = json.loads(body) if body else None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise RequestValidationError(
                 [{"loc": ("body",), "msg": "Invalid JSON", "type": "json_invalid"}]
             ) from exc

@@ -27,7 +27,7 @@ from app.schemas.user import (
 )
 from app.services import auth, users
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/api/users", tags=["users"])
 
 
 @router.post(

@@ -7,10 +7,29 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 T = TypeVar("T")
 
 
-class RequestModel(BaseModel):
+class NulFreeModel(BaseModel):
+    """Refuses the NUL character anywhere in its text: PostgreSQL cannot store or compare it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul_characters(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(_has_nul(v) for v in data.values()):
+            raise ValueError("text must not contain the NUL character (\\u0000)")
+        return data
+
+
+class RequestModel(NulFreeModel):
     """Base of every request body: unknown fields are refused (no mass assignment)."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid")
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 class PatchModel(RequestModel):

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
-from app.schemas.common import PatchModel, RequestModel
+from app.schemas.common import NulFreeModel, PatchModel, RequestModel
 
 MAX_TAGS = 10
 TAG_PATTERN = re.compile(r"^[a-z0-9-]{1,32}$")
@@ -20,7 +20,7 @@ def _normalise_tags(tags: list[str]) -> list[str]:
             raise ValueError(f"invalid tag {raw!r}: use 1-32 of a-z, 0-9 and '-'")
         seen.setdefault(tag, None)
     if len(seen) > MAX_TAGS:
-        raise ValueError(f"at most {MAX_TAGS} tags")
+        raise ValueError(f"at most {MAX_TAGS} distinct tags")
     return list(seen)
 
 
@@ -34,7 +34,11 @@ Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, ma
 Content = Annotated[str, Field(min_length=1, max_length=50_000), AfterValidator(_not_blank)]
 Tags = Annotated[
     list[Annotated[str, Field(max_length=64)]],
-    Field(max_length=100, description=f"At most {MAX_TAGS} tags, each `^[a-z0-9-]{{1,32}}$`"),
+    Field(
+        max_length=10 * MAX_TAGS,
+        description=f"At most {MAX_TAGS} distinct tags, each `^[a-z0-9-]{{1,32}}$` once lower-cased; "
+        "duplicates are dropped",
+    ),
     AfterValidator(_normalise_tags),
 ]
 
@@ -106,7 +110,7 @@ PostSort = Literal[
 ]
 
 
-class PostQuery(BaseModel):
+class PostQuery(NulFreeModel):
     """Paging, sorting and filtering of the post list, validated in one place."""
 
     limit: int = Field(20, ge=1, le=100, description="Page size")

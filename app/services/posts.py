@@ -154,6 +154,8 @@ async def popular_tags(db: AsyncSession, prefix: str | None, limit: int) -> list
         .order_by(count.desc(), Tag.name)
         .limit(limit)
     )
+    if prefix and "\x00" in prefix:
+        return []  # no tag has one, and PostgreSQL cannot compare it
     if prefix:
         stmt = stmt.where(Tag.name.startswith(prefix.lower(), autoescape=True))
     return [TagCount(name=name, count=n) for name, n in await db.execute(stmt)]

@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_user")),
         sa.UniqueConstraint("email", name=op.f("uq_user_email")),
         sa.UniqueConstraint("username", name=op.f("uq_user_username")),
+        sqlite_autoincrement=True,  # ids of deleted rows are never handed out again
     )
     op.create_table(
         "auth_session",
@@ -64,6 +65,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(32), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tag")),
         sa.UniqueConstraint("name", name=op.f("uq_tag_name")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "post",
@@ -79,6 +81,7 @@ def upgrade() -> None:
             ["author_id"], ["user.id"], name=op.f("fk_post_author_id_user"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_post")),
+        sqlite_autoincrement=True,
     )
     # One index per sort order of the list endpoint (ties break by id), and one per filter.
     op.create_index(op.f("ix_post_created_at_id"), "post", ["created_at", "id"])

@@ -36,8 +36,8 @@ Tags = Annotated[
     list[Annotated[str, Field(max_length=64)]],
     Field(
         max_length=10 * MAX_TAGS,
-        description=f"At most {MAX_TAGS} distinct tags, each `^[a-z0-9-]{{1,32}}$` once lower-cased; "
-        "duplicates are dropped",
+        description=f"At most {MAX_TAGS} distinct tags, each `^[a-z0-9-]{{1,32}}$` once "
+        "lower-cased; duplicates are dropped",
     ),
     AfterValidator(_normalise_tags),
 ]

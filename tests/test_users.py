@@ -331,7 +331,11 @@ async def test_patch_me_changes_full_name_bio_and_username(
 
     response = await client.patch(
         "/api/users/me",
-        json={"full_name": "Alice Liddell", "bio": "Curiouser and curiouser.", "username": "liddell"},
+        json={
+            "full_name": "Alice Liddell",
+            "bio": "Curiouser and curiouser.",
+            "username": "liddell",
+        },
         headers=alice.headers,
     )
 
@@ -579,9 +583,7 @@ async def test_deleted_users_token_does_not_act_for_a_later_account(
     assert_problem(response, 401)
 
 
-async def test_delete_me_without_token_is_401(
-    client: httpx.AsyncClient, db: AsyncSession
-) -> None:
+async def test_delete_me_without_token_is_401(client: httpx.AsyncClient, db: AsyncSession) -> None:
     alice = await register(client)
 
     response = await client.delete("/api/users/me")
@@ -624,4 +626,3 @@ async def test_public_profile_with_invalid_id_is_422(
     response = await client.get(f"/api/users/{user_id}")
 
     assert_problem(response, 422, "validation_error")
-

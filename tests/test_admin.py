@@ -1,0 +1,539 @@
+"""Administration: listing, changing and deleting users, the last-admin rule, and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.models import AuthSession, Post, User
+from tests.factories import PASSWORD, Account, create_post, login, make_admin, register
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLI_TIMEOUT_S = 120
+USER_OUT_KEYS = {
+    "id",
+    "email",
+    "username",
+    "full_name",
+    "bio",
+    "role",
+    "is_active",
+    "is_verified",
+    "created_at",
+}
+
+
+def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].split(";")[0] == "application/problem+json"
+    body = response.json()
+    assert {"type", "title", "status", "detail", "code"} <= set(body)
+    assert body["status"] == status
+    if code is not None:
+        assert body["code"] == code
+
+
+async def stored_user(db: AsyncSession, user_id: int) -> User | None:
+    """The row as it is now, not as this session last saw it."""
+    return await db.scalar(
+        select(User).where(User.id == user_id).execution_options(populate_existing=True)
+    )
+
+
+def user_snapshot(user: User | None) -> dict[str, Any]:
+    assert user is not None
+    return {
+        "email": user.email,
+        "username": user.username,
+        "full_name": user.full_name,
+        "bio": user.bio,
+        "role": user.role,
+        "is_active": user.is_active,
+        "is_verified": user.is_verified,
+    }
+
+
+async def new_admin(client: httpx.AsyncClient, db: AsyncSession, username: str) -> Account:
+    return await make_admin(db, await register(client, username=username))
+
+
+# --- listing ----------------------------------------------------------------------------------
+async def test_admin_lists_users_as_a_page(client: httpx.AsyncClient, db: AsyncSession) -> None:
+    admin = await new_admin(client, db, "root")
+    alice = await register(client, username="alice")
+    bob = await register(client, username="bob")
+
+    response = await client.get("/api/users", headers=admin.headers)
+
+    assert response.status_code == 200, response.text
+    page = response.json()
+    assert set(page) == {"items", "total", "limit", "offset"}
+    assert page["total"] == 3
+    assert (page["limit"], page["offset"]) == (20, 0)
+    assert [u["id"] for u in page["items"]] == [admin.id, alice.id, bob.id]
+    for item in page["items"]:
+        assert set(item) == USER_OUT_KEYS
+    assert page["items"][0]["role"] == "admin"
+    assert "password" not in response.text
+    assert "$argon2" not in response.text
+
+
+async def test_admin_user_list_honours_limit_and_offset(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    admin = await new_admin(client, db, "root")
+    await register(client, username="alice")
+    bob = await register(client, username="bob")
+    await register(client, username="carol")
+
+    response = await client.get(
+        "/api/users", params={"limit": 1, "offset": 2}, headers=admin.headers
+    )
+
+    assert response.status_code == 200, response.text
+    page = response.json()
+    assert (page["total"], page["limit"], page["offset"]) == (4, 1, 2)
+    assert [u["id"] for u in page["items"]] == [bob.id]
+
+
+@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 101}, {"offset": -1}])
+async def test_admin_user_list_rejects_out_of_range_paging(
+    client: httpx.AsyncClient, db: AsyncSession, params: dict[str, int]
+) -> None:
+    admin = await new_admin(client, db, "root")
+
+    response = await client.get("/api/users", params=params, headers=admin.headers)
+
+    assert_problem(response, 422, "validation_error")
+
+
+async def test_normal_user_cannot_list_users(client: httpx.AsyncClient) -> None:
+    alice = await register(client)
+
+    response = await client.get("/api/users", headers=alice.headers)
+
+    assert_problem(response, 403, "admin_required")
+
+
+async def test_anonymous_cannot_list_users(client: httpx.AsyncClient) -> None:
+    await register(client)
+
+    response = await client.get("/api/users")
+
+    assert_problem(response, 401)
+    assert "www-authenticate" in response.headers
+
+
+# --- changing users ---------------------------------------------------------------------------
+async def test_admin_sets_role_is_active_and_is_verified(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    admin = await new_admin(client, db, "root")
+    alice = await register(client, username="alice")
+
+    response = await client.patch(
+        f"/api/users/{alice.id}",
+        json={"role": "admin", "is_verified": True, "is_active": True},
+        headers=admin.headers,
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == USER_OUT_KEYS
+    assert (body["role"], body["is_verified"], body["is_active"]) == ("admin", True, True)
+    stored = await stored_user(db, alice.id)
+    assert stored is not None
+    assert (stored.role, stored.is_verified, stored.is_active) == ("admin", True, True)
+
+
+async def test_admin_promoted_user_may_list_users(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    admin = await new_admin(client, db, "root")
+    alice = await register(client, username="alice")
+    response = await client.patch(
+        f"/api/users/{alice.id}", json={"role": "admin"}, headers=admin.headers
+    )
+    assert response.status_code == 200, response.text
+
+    listing = await client.get("/api/users", headers=alice.headers)
+
+    assert listing.status_code == 200, listing.text
+
+
+async def test_admin_changes_profile_fields_of_another_user(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    admin = await new_admin(client, db, "root")
+    alice = await register(client, username="alice")
+
+    response = await client.patch(
+        f"/api/users/{alice.id}",
+        json={"username": "liddell", "full_name": "Alice Liddell", "bio": "moderated"},
+        headers=admin.headers,
+    )
+
+    assert response.status_code == 200, response.text
+    stored = await stored_user(db, alice.id)
+    assert stored is not None
+    assert (stored.username, stored.full_name, stored.bio) == (
+        "liddell",
+        "Alice Liddell",
+        "moderated",
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"role": "superuser"}, {"is_active": "maybe"}, {"password_hash": "x"}, {"role": None}],
+)
+async def test_admin_patch_rejects_invalid_values_and_changes_nothing(
+    client: httpx.AsyncClient, db: AsyncSession, body: dict[str, Any]
+) -> None:
+    admin = await new_admin(client, db, "root")
+    alice = await register(client, username="alice")
+    before = user_snapshot(await stored_user(db, alice.id))
+
+    response = await client.patch(f"/api/users/{alice.id}", json=body, headers=admin.headers)
+
+    assert_problem(response, 422, "validation_error")
+    assert user_snapshot(await stored_user(db, alice.id)) == before
+
+
+async def test_admin_patch_to_taken_username_is_409_and_changes_nothing(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    admin = await new_admin(client, db, "root")
+    alice = await register(client, username="alice")
+    await register(client, username="bob")
+    before = user_snapshot(await stored_user(db, alice.id))
+
+    response = await client.patch(
+        f"/api/users/{alice.id}",
+        json={"username": "bob", "role": "admin"},
+        headers=admin.headers,
+    )
+
+    assert_problem(response, 409, "username_taken")
+    assert user_snapshot(await stored_user(db, alice.id)) == before
+
+
+async def test_admin_patch_of_unknown_user_is_404(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    admin = await new_admin(client, db, "root")
+
+    response = await client.patch(
+        f"/api/users/{admin.id + 1000}", json={"is_verified": True}, headers=admin.headers
+    )
+
+    assert_problem(response, 404, "user_not_found")
+
+
+async def test_normal_user_cannot_patch_another_user(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    alice = await register(client, username="alice")
+    bob = await register(client, username="bob")
+    before = user_snapshot(await stored_user(db, bob.id))
+
+    response = await client.patch(
+        f"/api/users/{bob.id}",
+        json={"role": "user", "is_active": False, "bio": "hacked"},
+        headers=alice.headers,
+    )
+
+    assert_problem(response, 403, "admin_required")
+    assert user_snapshot(await stored_user(db, bob.id)) == before
+
+
+async def test_normal_user_cannot_promote_themselves_through_the_admin_route(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    alice = await register(client, username="alice")
+
+    response = await client.patch(
+        f"/api/users/{alice.id}", json={"role": "admin"}, headers=alice.headers
+    )
+
+    assert_problem(response, 403, "admin_required")
+    stored = await stored_user(db, alice.id)
+    assert stored is not None
+    assert stored.role == "user"
+
+
+async def test_anonymous_cannot_patch_a_user(client: httpx.AsyncClient, db: AsyncSession) -> None:
+    alice = await register(client, username="alice")
+    before = user_snapshot(await stored_user(db, alice.id))
+
+    response = await client.patch(f"/api/users/{alice.id}", json={"role": "admin"})
+
+    assert_problem(response, 401)
+    assert user_snapshot(await stored_user(db, alice.id)) == before
+
+
+async def test_deactivating_a_user_ends_their_sessions(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    admin = await new_admin(client, db, "root")
+    alice = await register(client, username="alice")
+    second_login = await login(client, "alice")
+
+    response = await client.patch(
+        f"/api/users/{alice.id}", json={"is_active": False}, headers=admin.headers
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["is_active"] is False
+    stored = await stored_user(db, alice.id)
+    assert stored is not None
+    assert stored.is_active is False
+    live = await db.scalar(
+        select(func.count())
+        .select_from(AuthSession)
+        .where(AuthSession.user_id == alice.id, AuthSession.revoked_at.is_(None))
+    )
+    assert live == 0
+    me = await client.get("/api/users/me", headers=alice.headers)
+    assert_problem(me, 401)
+    other = await client.get(
+        "/api/users/me", headers={"Authorization": f"Bearer {second_login['access_token']}"}
+    )
+    assert_problem(other, 401)
+    refreshed = await client.post("/api/token/refresh", json={"refresh_token": alice.refresh_token})
+    assert_problem(refreshed, 401)
+
+
+async def test_deactivated_user_cannot_log_in(client: httpx.AsyncClient, db: AsyncSession) -> None:
+    admin = await new_admin(client, db, "root")
+    alice = await register(client, username="alice")
+    response = await client.patch(
+        f"/api/users/{alice.id}", json={"is_active": False}, headers=admin.headers
+    )
+    assert response.status_code == 200, response.text
+
+    attempt = await client.post("/api/token", json={"username": "alice", "password": PASSWORD})
+
+    assert_problem(attempt, 401)
+    live = await db.scalar(
+        select(func.count())
+        .select_from(AuthSession)
+        .where(AuthSession.user_id == alice.id, AuthSession.revoked_at.is_(None))
+    )
+    assert live == 0
+
+
+# --- deleting users ---------------------------------------------------------------------------
+async def test_admin_deletes_a_user_and_their_posts(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    admin = await new_admin(client, db, "root")
+    alice = await register(client, username="alice")
+    await create_post(client, alice)
+    admins_post = await create_post(client, admin)
+
+    response = await client.delete(f"/api/users/{alice.id}", headers=admin.headers)
+
+    assert response.status_code == 204
+    assert response.content == b""
+    assert await stored_user(db, alice.id) is None
+    remaining = (await db.scalars(select(Post.id))).all()
+    assert remaining == [admins_post["id"]]
+    assert_problem(await client.get("/api/users/me", headers=alice.headers), 401)
+    assert_problem(await client.get(f"/api/users/{alice.id}"), 404, "user_not_found")
+
+
+async def test_admin_delete_of_unknown_user_is_404(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    admin = await new_admin(client, db, "root")
+
+    response = await client.delete(f"/api/users/{admin.id + 1000}", headers=admin.headers)
+
+    assert_problem(response, 404, "user_not_found")
+
+
+async def test_normal_user_cannot_delete_another_user(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    alice = await register(client, username="alice")
+    bob = await register(client, username="bob")
+
+    response = await client.delete(f"/api/users/{bob.id}", headers=alice.headers)
+
+    assert_problem(response, 403, "admin_required")
+    assert await stored_user(db, bob.id) is not None
+
+
+async def test_anonymous_cannot_delete_a_user(client: httpx.AsyncClient, db: AsyncSession) -> None:
+    alice = await register(client, username="alice")
+
+    response = await client.delete(f"/api/users/{alice.id}")
+
+    assert_problem(response, 401)
+    assert await stored_user(db, alice.id) is not None
+
+
+# --- the last administrator -------------------------------------------------------------------
+@pytest.mark.parametrize("body", [{"role": "user"}, {"is_active": False}])
+async def test_last_admin_cannot_demote_or_deactivate_themselves(
+    client: httpx.AsyncClient, db: AsyncSession, body: dict[str, Any]
+) -> None:
+    admin = await new_admin(client, db, "root")
+    await register(client, username="alice")
+
+    response = await client.patch(f"/api/users/{admin.id}", json=body, headers=admin.headers)
+
+    assert_problem(response, 409, "last_admin")
+    stored = await stored_user(db, admin.id)
+    assert stored is not None
+    assert (stored.role, stored.is_active) == ("admin", True)
+    assert (await client.get("/api/users", headers=admin.headers)).status_code == 200
+
+
+async def test_last_admin_cannot_delete_themselves_through_the_admin_route(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    admin = await new_admin(client, db, "root")
+
+    response = await client.delete(f"/api/users/{admin.id}", headers=admin.headers)
+
+    assert_problem(response, 409, "last_admin")
+    assert await stored_user(db, admin.id) is not None
+
+
+async def test_last_admin_cannot_delete_their_own_account(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    admin = await new_admin(client, db, "root")
+
+    response = await client.delete("/api/users/me", headers=admin.headers)
+
+    assert_problem(response, 409, "last_admin")
+    assert await stored_user(db, admin.id) is not None
+
+
+async def test_an_inactive_admin_does_not_count_as_another_admin(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    admin = await new_admin(client, db, "root")
+    other = await new_admin(client, db, "other")
+    response = await client.patch(
+        f"/api/users/{other.id}", json={"is_active": False}, headers=admin.headers
+    )
+    assert response.status_code == 200, response.text
+
+    response = await client.patch(
+        f"/api/users/{admin.id}", json={"role": "user"}, headers=admin.headers
+    )
+
+    assert_problem(response, 409, "last_admin")
+    stored = await stored_user(db, admin.id)
+    assert stored is not None
+    assert stored.role == "admin"
+
+
+async def test_admin_may_step_down_when_another_admin_remains(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    admin = await new_admin(client, db, "root")
+    other = await new_admin(client, db, "other")
+
+    response = await client.patch(
+        f"/api/users/{admin.id}", json={"role": "user"}, headers=admin.headers
+    )
+
+    assert response.status_code == 200, response.text
+    stored = await stored_user(db, admin.id)
+    assert stored is not None
+    assert stored.role == "user"
+    assert_problem(await client.get("/api/users", headers=admin.headers), 403, "admin_required")
+    assert (await client.get("/api/users", headers=other.headers)).status_code == 200
+
+
+async def test_admin_may_delete_another_admin_when_one_remains(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    admin = await new_admin(client, db, "root")
+    other = await new_admin(client, db, "other")
+
+    response = await client.delete(f"/api/users/{other.id}", headers=admin.headers)
+
+    assert response.status_code == 204
+    assert await stored_user(db, other.id) is None
+
+
+# --- the create-admin command -----------------------------------------------------------------
+async def run_create_admin(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    assert settings.database_url is not None
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "DATA_DIR": str(settings.data_dir),
+    }
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "app", "create-admin", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+
+
+async def test_cli_create_admin_makes_an_administrator_who_can_log_in(
+    client: httpx.AsyncClient, db: AsyncSession, settings: Settings
+) -> None:
+    password = "a strong admin password"
+
+    result = await run_create_admin(
+        settings, "--email", "Root@Example.com", "--username", "root", "--password", password
+    )
+
+    assert result.returncode == 0, result.stderr
+    stored = await db.scalar(select(User).where(User.username == "root"))
+    assert stored is not None
+    assert (stored.email, stored.role, stored.is_active) == ("root@example.com", "admin", True)
+    assert password not in stored.password_hash
+    tokens = await login(client, "root", password)
+    listing = await client.get(
+        "/api/users", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+    )
+    assert listing.status_code == 200, listing.text
+    assert [u["username"] for u in listing.json()["items"]] == ["root"]
+
+
+async def test_cli_create_admin_promotes_the_account_with_that_email(
+    client: httpx.AsyncClient, db: AsyncSession, settings: Settings
+) -> None:
+    alice = await register(client, username="alice", email="alice@example.com")
+
+    result = await run_create_admin(
+        settings,
+        "--email",
+        "ALICE@example.com",
+        "--username",
+        "ignored",
+        "--password",
+        "not alices password",
+    )
+
+    assert result.returncode == 0, result.stderr
+    stored = await stored_user(db, alice.id)
+    assert stored is not None
+    assert (stored.username, stored.role) == ("alice", "admin")
+    assert (await db.scalar(select(func.count()).select_from(User))) == 1
+    assert (await client.get("/api/users", headers=alice.headers)).status_code == 200
+    await login(client, "alice", PASSWORD)

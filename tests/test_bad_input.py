@@ -310,7 +310,6 @@ async def test_nul_character_in_post_search_is_not_a_500(client: httpx.AsyncClie
         {"offset": "1000001"},
         {"sort": "password_hash"},
         {"sort": "--created_at"},
-        {"q": ""},
         {"q": "x" * 201},
         {"author": "x" * 33},
         {"tag": ["t"] * 11},

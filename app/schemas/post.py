@@ -120,7 +120,6 @@ class PostQuery(NulFreeModel):
     )
     q: str | None = Field(
         None,
-        min_length=1,
         max_length=200,
         description="Case-insensitive search in title and content",
     )

@@ -84,6 +84,8 @@ async def change(
     db: AsyncSession, post: Post, changes: PostReplace | PostPatch, viewer: User
 ) -> PostOut:
     values = changes.model_dump(exclude_unset=not isinstance(changes, PostReplace))
+    if not values:  # an empty PATCH changes nothing, not even updated_at
+        return await get_out(db, post, viewer)
     tags = values.pop("tags", None)
     for field, value in values.items():
         setattr(post, field, value)

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import httpx
+from asgi_lifespan import LifespanManager
+from pydantic import SecretStr
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.main import create_app
+from app.models import User
+
+
+async def test_liveness(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readiness_checks_the_database(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health/ready")
+    assert response.status_code == 200
+    assert response.json()["checks"]["database"] == "ok"
+
+
+async def test_readiness_is_503_naming_the_database_when_it_is_unreachable(
+    settings: Settings,
+) -> None:
+    broken = settings.model_copy(
+        update={"database_url": "postgresql://nobody@127.0.0.1:1/none", "db_pool_size": 1}
+    )
+    app = create_app(broken, configure_logs=False)
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+    ):
+        response = await client.get("/health/ready")
+    assert response.status_code == 503
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["code"] == "dependency_unavailable"
+    assert body["checks"]["database"] == "unavailable"
+    assert "database" in body["detail"]
+
+
+async def test_first_admin_from_settings_is_created_at_start_up(
+    settings: Settings, db: AsyncSession
+) -> None:
+    configured = settings.model_copy(
+        update={
+            "first_admin_email": "Root@Example.com",
+            "first_admin_username": "root",
+            "first_admin_password": SecretStr("a strong admin password"),
+        }
+    )
+    for _ in range(2):  # a restart finds the admin there and changes nothing
+        app = create_app(configured, configure_logs=False)
+        async with LifespanManager(app):
+            pass
+    admins = (await db.scalars(select(User).where(User.role == "admin"))).all()
+    assert [(a.username, a.email) for a in admins] == [("root", "root@example.com")]

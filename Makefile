@@ -1,4 +1,4 @@
-# Inkwell: `make run` serves the API, `make test` runs the whole suite on SQLite and PostgreSQL.
+# Inkwell: `make run` serves the API; `make test` runs the suite embedded, then against the services.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 TEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test test-sqlite test-postgres lint format lock bench clean
+.PHONY: help install run migrate test test-embedded test-services lint format lock bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -28,13 +28,13 @@ migrate: install  ## Apply the database migrations
 run: migrate  ## Serve the API on http://127.0.0.1:8000 (HOST/PORT override)
 	$(BIN)/python -m app run
 
-test: test-sqlite test-postgres  ## Run the suite against SQLite, then PostgreSQL
+test: test-embedded test-services  ## Run the suite embedded (SQLite, memory), then on PostgreSQL + Redis
 
-test-sqlite: install
-	INKWELL_TEST_DB=sqlite $(BIN)/pytest $(TEST_ARGS)
+test-embedded: install
+	INKWELL_TEST_MODE=embedded $(BIN)/pytest $(TEST_ARGS)
 
-test-postgres: install
-	INKWELL_TEST_DB=postgresql $(BIN)/pytest $(TEST_ARGS)
+test-services: install
+	INKWELL_TEST_MODE=services $(BIN)/pytest $(TEST_ARGS)
 
 lint: install  ## ruff, ruff format --check and mypy
 	$(BIN)/ruff check .

@@ -8,7 +8,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from limits import parse_many
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
@@ -59,8 +60,23 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     media_root: Path | None = None
 
-    # Later parts (Redis, Celery, SMTP) read these; they are listed so `.env` validates.
+    # Redis: cache, rate limits and the revocation fast path; in-process memory when unset.
     redis_url: str | None = None
+    redis_timeout_seconds: float = Field(default=0.5, gt=0)
+    # After a failure Redis is skipped for this long, then tried again.
+    redis_retry_seconds: float = Field(default=1.0, ge=0)
+    cache_enabled: bool = True
+    cache_ttl_seconds: int = Field(default=300, ge=1)
+    auth_cache_ttl_seconds: int = Field(default=60, ge=1)
+
+    # Rate limits, in the `limits` notation ("10/minute", "5 per 15 minutes").
+    rate_limits_enabled: bool = True
+    rate_limit_login_ip: str = "10/minute"
+    rate_limit_login_account: str = "5/15 minutes"
+    rate_limit_register_ip: str = "10/minute"
+    rate_limit_password_reset_ip: str = "5/minute"  # noqa: S105 - a rate, not a secret
+
+    # Later parts (Celery, SMTP) read these; they are listed so `.env` validates.
     celery_broker_url: str | None = None
     celery_result_backend: str | None = None
     smtp_host: str | None = None
@@ -68,7 +84,6 @@ class Settings(BaseSettings):
     smtp_user: str | None = None
     smtp_password: SecretStr | None = None
     smtp_from: str = "Inkwell <no-reply@inkwell.local>"
-    rate_limits_enabled: bool = True
 
     # A first administrator, created at start-up when both are set.
     first_admin_email: str | None = None
@@ -101,6 +116,20 @@ class Settings(BaseSettings):
                     f"{MIN_SECRET_BYTES} random bytes, not a default"
                 )
         return self
+
+    @field_validator(
+        "rate_limit_login_ip",
+        "rate_limit_login_account",
+        "rate_limit_register_ip",
+        "rate_limit_password_reset_ip",
+    )
+    @classmethod
+    def _valid_rate_limit(cls, value: str) -> str:
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit: {value!r} (try '10/minute')") from exc
+        return value
 
     @property
     def uses_asymmetric_keys(self) -> bool:

@@ -17,6 +17,7 @@ from app.schemas.common import PageQuery
 from app.schemas.post import PostQuery
 from app.services import auth, posts, users
 from app.services.security import Client, Security
+from app.stores import Stores
 
 MAX_ID = 2**63 - 1
 
@@ -30,6 +31,11 @@ _bearer = OAuth2PasswordBearer(
 def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def get_stores(request: Request) -> Stores:
+    stores: Stores = request.app.state.stores
+    return stores
 
 
 def get_security(request: Request) -> Security:
@@ -51,16 +57,17 @@ def get_client(request: Request) -> Client:
 
 DbSession = Annotated[AsyncSession, Depends(get_session)]
 SecurityDep = Annotated[Security, Depends(get_security)]
+StoresDep = Annotated[Stores, Depends(get_stores)]
 ClientDep = Annotated[Client, Depends(get_client)]
 BearerToken = Annotated[str | None, Depends(_bearer)]
 
 
 async def optional_principal(
-    token: BearerToken, db: DbSession, security: SecurityDep
+    token: BearerToken, db: DbSession, security: SecurityDep, stores: StoresDep
 ) -> auth.Principal | None:
     if token is None:
         return None
-    return await auth.principal(db, security, token)
+    return await auth.principal(db, security, stores.sessions, token)
 
 
 async def current_principal(
@@ -74,33 +81,30 @@ async def current_principal(
 CurrentPrincipal = Annotated[auth.Principal, Depends(current_principal)]
 
 
-def current_user(principal: CurrentPrincipal) -> User:
-    return principal.user
+OptionalPrincipal = Annotated[auth.Principal | None, Depends(optional_principal)]
 
 
-def optional_user(
-    principal: Annotated[auth.Principal | None, Depends(optional_principal)],
-) -> User | None:
-    return principal.user if principal else None
+async def current_user(principal: CurrentPrincipal, db: DbSession) -> User:
+    """The caller's account, loaded for routes that read or change it."""
+    return await users.get_signed_in(db, principal.id)
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
-OptionalUser = Annotated[User | None, Depends(optional_user)]
 
 
-def admin_user(user: CurrentUser) -> User:
-    if not user.is_admin:
+def admin_principal(principal: CurrentPrincipal) -> auth.Principal:
+    if not principal.is_admin:
         raise AdminRequired
-    return user
+    return principal
 
 
-AdminUser = Annotated[User, Depends(admin_user)]
+AdminPrincipal = Annotated[auth.Principal, Depends(admin_principal)]
 
 PostId = Annotated[int, Path(ge=1, le=MAX_ID, description="The post's id")]
 UserId = Annotated[int, Path(ge=1, le=MAX_ID, description="The user's id")]
 
 
-async def post_by_id(post_id: PostId, db: DbSession, viewer: OptionalUser) -> Post:
+async def post_by_id(post_id: PostId, db: DbSession, viewer: OptionalPrincipal) -> Post:
     """The post, if it exists and the caller may see it (drafts are 404 to others)."""
     return await posts.get_visible(db, post_id, viewer)
 
@@ -108,9 +112,9 @@ async def post_by_id(post_id: PostId, db: DbSession, viewer: OptionalUser) -> Po
 VisiblePost = Annotated[Post, Depends(post_by_id)]
 
 
-async def owned_post(post_id: PostId, db: DbSession, user: CurrentUser) -> Post:
+async def owned_post(post_id: PostId, db: DbSession, caller: CurrentPrincipal) -> Post:
     """The post, if the caller may change it: its author or an administrator."""
-    return posts.ensure_can_edit(await posts.get_visible(db, post_id, user), user)
+    return posts.ensure_can_edit(await posts.get_visible(db, post_id, caller), caller)
 
 
 OwnedPost = Annotated[Post, Depends(owned_post)]

@@ -147,6 +147,24 @@ class LastAdmin(Conflict):
     detail = "The last active administrator cannot be removed or demoted."
 
 
+class RateLimited(AppError):
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"Too many attempts; try again in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+class ServiceUnavailable(AppError):
+    status = 503
+    code = "dependency_unavailable"
+    title = "Service unavailable"
+
+
 # --- rendering --------------------------------------------------------------------------------
 def problem(
     status: int,

@@ -17,6 +17,7 @@ from app.middleware import RequestIdMiddleware
 from app.routes import health, posts, tags, tokens, users
 from app.services import users as user_service
 from app.services.security import Security
+from app.stores import Stores
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.session_factory = create_session_factory(engine)
     app.state.security = Security.from_settings(settings)
+    app.state.stores = Stores.from_settings(settings)
     if settings.first_admin_email and settings.first_admin_password:
         async with app.state.session_factory() as db:
             await user_service.create_admin(
@@ -55,6 +57,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await app.state.stores.close()
         await engine.dispose()
 
 

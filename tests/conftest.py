@@ -1,5 +1,10 @@
-"""Fixtures: one database per test run (SQLite or PostgreSQL, by INKWELL_TEST_DB), migrated with
-Alembic, one app for the run, and rows cleared after every test."""
+"""Fixtures. INKWELL_TEST_MODE chooses what the whole suite runs against:
+
+- `embedded`: a SQLite file and in-process memory for the cache and rate limits;
+- `services`: a fresh PostgreSQL database and a redis-server started for the run.
+
+The database is migrated with Alembic; one app serves the run; rows, cache entries and rate-limit
+counters are cleared after every test."""
 
 from __future__ import annotations
 
@@ -23,9 +28,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.config import Settings
 from app.database.base import Base
 from app.main import create_app
+from app.stores import Stores
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
-BACKEND = os.environ.get("INKWELL_TEST_DB", "sqlite")
+MODE = os.environ.get("INKWELL_TEST_MODE", "embedded")
+if MODE not in ("embedded", "services"):
+    raise pytest.UsageError(f"INKWELL_TEST_MODE must be embedded or services, not {MODE!r}")
+SERVICES = MODE == "services"
+BACKEND = "postgresql" if SERVICES else "sqlite"
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -33,7 +44,8 @@ ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def pytest_report_header() -> str:
-    return f"inkwell database backend: {BACKEND}"
+    stores = "redis" if SERVICES else "memory"
+    return f"inkwell test mode: {MODE} (database {BACKEND}, cache and limits in {stores})"
 
 
 def alembic_config(settings: Settings) -> Config:
@@ -82,8 +94,6 @@ async def database_url(tmp_data: Path) -> AsyncIterator[str]:
     if BACKEND == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_data / 'test.db'}"
         return
-    if BACKEND != "postgresql":
-        raise pytest.UsageError(f"INKWELL_TEST_DB must be sqlite or postgresql, not {BACKEND!r}")
     name = await create_postgres_database(f"inkwell_test_{os.getpid()}_{uuid.uuid4().hex[:8]}")
     try:
         yield postgres_url(name)
@@ -106,8 +116,23 @@ def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Set
 
 
 @pytest.fixture(scope="session")
-async def settings(database_url: str, tmp_data: Path) -> Settings:
-    settings = make_settings(database_url, tmp_data)
+def redis_server() -> Iterator[RedisServer | None]:
+    """The run's own redis-server in services mode; None in embedded mode."""
+    if not SERVICES:
+        yield None
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def settings(database_url: str, tmp_data: Path, redis_server: RedisServer | None) -> Settings:
+    redis_url = redis_server.url if redis_server else None
+    settings = make_settings(database_url, tmp_data, redis_url=redis_url)
     await asyncio.to_thread(command.upgrade, alembic_config(settings), "head")
     return settings
 
@@ -140,12 +165,21 @@ async def db(app: FastAPI) -> AsyncIterator[AsyncSession]:
 
 
 @pytest.fixture(autouse=True)
-async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     uses_app = "app" in request.fixturenames
-    engine: AsyncEngine | None = request.getfixturevalue("engine") if uses_app else None
+    app: FastAPI | None = request.getfixturevalue("app") if uses_app else None
+    server: RedisServer | None = request.getfixturevalue("redis_server") if uses_app else None
     yield
-    if engine is None:
+    if app is None:
         return
+    if server is not None:
+        if server.process is None:  # a test stopped it
+            server.start()
+        server.flush()
+    stores: Stores = app.state.stores
+    await stores.cache.clear()
+    await stores.limiter.reset()
+    engine: AsyncEngine = app.state.engine
     tables = list(reversed(Base.metadata.sorted_tables))
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":

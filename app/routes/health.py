@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app.dependencies import DbSession
+from app.dependencies import DbSession, StoresDep
 from app.errors import problem
 from app.schemas.common import problem_responses
 
@@ -25,7 +25,7 @@ async def health() -> dict[str, str]:
     description="Checks every dependency; 503 names the failing one.",
     responses=problem_responses(503),
 )
-async def ready(db: DbSession) -> JSONResponse:
+async def ready(db: DbSession, stores: StoresDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         await db.execute(text("SELECT 1"))
@@ -33,6 +33,8 @@ async def ready(db: DbSession) -> JSONResponse:
     except Exception:
         logger.warning("readiness: database unavailable", exc_info=True)
         checks["database"] = "unavailable"
+    if stores.redis is not None:
+        checks["redis"] = "ok" if await stores.redis.ping() else "unavailable"
     failing = [name for name, state in checks.items() if state != "ok"]
     if failing:
         return problem(

@@ -5,11 +5,14 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response, status
 
 from app.dependencies import (
+    CurrentPrincipal,
     CurrentUser,
     DbSession,
-    OptionalUser,
+    OptionalPrincipal,
     OwnedPost,
+    PostId,
     PostQueryDep,
+    StoresDep,
     VisiblePost,
 )
 from app.http import conditional_json
@@ -30,9 +33,9 @@ router = APIRouter(prefix="/api/posts", tags=["posts"])
     responses=problem_responses(401, 422),
 )
 async def create_post(
-    body: PostCreate, response: Response, user: CurrentUser, db: DbSession
+    body: PostCreate, response: Response, user: CurrentUser, db: DbSession, stores: StoresDep
 ) -> PostOut:
-    post = await posts.create(db, user, body)
+    post = await posts.create(db, stores.cache, user, body)
     response.headers["Location"] = f"/api/posts/{post.id}"
     return post
 
@@ -44,8 +47,11 @@ async def create_post(
     response_model=Page[PostOut],
     responses=problem_responses(401, 422),
 )
-async def list_posts(query: PostQueryDep, viewer: OptionalUser, db: DbSession) -> Page[PostOut]:
-    return await posts.list_posts(db, query, viewer)
+async def list_posts(
+    query: PostQueryDep, viewer: OptionalPrincipal, db: DbSession, stores: StoresDep
+) -> Response:
+    body = await posts.list_json(db, stores.cache, query, viewer)
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -57,12 +63,14 @@ async def list_posts(query: PostQueryDep, viewer: OptionalUser, db: DbSession) -
     responses={304: {"description": "Not modified"}, **problem_responses(401, 404, 422)},
 )
 async def read_post(
-    post: VisiblePost,
-    viewer: OptionalUser,
+    post_id: PostId,
+    viewer: OptionalPrincipal,
     db: DbSession,
+    stores: StoresDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    return conditional_json(await posts.get_out(db, post, viewer), if_none_match)
+    body = await posts.read_json(db, stores.cache, post_id, viewer)
+    return conditional_json(body, if_none_match)
 
 
 @router.put(
@@ -73,9 +81,9 @@ async def read_post(
     responses=problem_responses(401, 403, 404, 422),
 )
 async def replace_post(
-    body: PostReplace, post: OwnedPost, user: CurrentUser, db: DbSession
+    body: PostReplace, post: OwnedPost, caller: CurrentPrincipal, db: DbSession, stores: StoresDep
 ) -> PostOut:
-    return await posts.change(db, post, body, user)
+    return await posts.change(db, stores.cache, post, body, caller)
 
 
 @router.patch(
@@ -85,8 +93,10 @@ async def replace_post(
     response_model=PostOut,
     responses=problem_responses(401, 403, 404, 422),
 )
-async def patch_post(body: PostPatch, post: OwnedPost, user: CurrentUser, db: DbSession) -> PostOut:
-    return await posts.change(db, post, body, user)
+async def patch_post(
+    body: PostPatch, post: OwnedPost, caller: CurrentPrincipal, db: DbSession, stores: StoresDep
+) -> PostOut:
+    return await posts.change(db, stores.cache, post, body, caller)
 
 
 @router.delete(
@@ -96,8 +106,8 @@ async def patch_post(body: PostPatch, post: OwnedPost, user: CurrentUser, db: Db
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 403, 404, 422),
 )
-async def delete_post(post: OwnedPost, db: DbSession) -> Response:
-    await posts.delete_post(db, post)
+async def delete_post(post: OwnedPost, db: DbSession, stores: StoresDep) -> Response:
+    await posts.delete_post(db, stores.cache, post)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -108,8 +118,10 @@ async def delete_post(post: OwnedPost, db: DbSession) -> Response:
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 404, 422),
 )
-async def like_post(post: VisiblePost, user: CurrentUser, db: DbSession) -> Response:
-    await posts.set_like(db, post, user, liked=True)
+async def like_post(
+    caller: CurrentPrincipal, post: VisiblePost, db: DbSession, stores: StoresDep
+) -> Response:
+    await posts.set_like(db, stores.cache, post, caller, liked=True)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -120,6 +132,8 @@ async def like_post(post: VisiblePost, user: CurrentUser, db: DbSession) -> Resp
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 404, 422),
 )
-async def unlike_post(post: VisiblePost, user: CurrentUser, db: DbSession) -> Response:
-    await posts.set_like(db, post, user, liked=False)
+async def unlike_post(
+    caller: CurrentPrincipal, post: VisiblePost, db: DbSession, stores: StoresDep
+) -> Response:
+    await posts.set_like(db, stores.cache, post, caller, liked=False)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from app.dependencies import ClientDep, DbSession, SecurityDep
+from app.dependencies import ClientDep, DbSession, SecurityDep, StoresDep
 from app.errors import AppError
 from app.schemas.common import problem_responses
 from app.schemas.token import (
@@ -91,9 +91,12 @@ async def login(
     credentials: Annotated[LoginRequest, Depends(login_request)],
     db: DbSession,
     security: SecurityDep,
+    stores: StoresDep,
     client: ClientDep,
 ) -> TokenPair:
-    user = await auth.authenticate(db, security, credentials.username, credentials.password)
+    user = await auth.authenticate(
+        db, security, stores.limiter, credentials.username, credentials.password, client
+    )
     return await auth.start_session(db, security, user, client)
 
 
@@ -115,8 +118,10 @@ router.add_api_route(
     response_model=TokenPair,
     responses=problem_responses(401, 422),
 )
-async def refresh(body: RefreshRequest, db: DbSession, security: SecurityDep) -> TokenPair:
-    return await auth.refresh(db, security, body.refresh_token)
+async def refresh(
+    body: RefreshRequest, db: DbSession, security: SecurityDep, stores: StoresDep
+) -> TokenPair:
+    return await auth.refresh(db, security, stores.sessions, body.refresh_token)
 
 
 @router.post(
@@ -140,6 +145,8 @@ async def verify(body: VerifyRequest, db: DbSession, security: SecurityDep) -> E
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 422),
 )
-async def revoke(body: RevokeRequest, db: DbSession, security: SecurityDep) -> Response:
-    await auth.revoke(db, security, body.refresh_token)
+async def revoke(
+    body: RevokeRequest, db: DbSession, security: SecurityDep, stores: StoresDep
+) -> Response:
+    await auth.revoke(db, security, stores.sessions, body.refresh_token)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

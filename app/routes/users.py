@@ -5,13 +5,14 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from app.dependencies import (
-    AdminUser,
+    AdminPrincipal,
     ClientDep,
     CurrentPrincipal,
     CurrentUser,
     DbSession,
     PageParams,
     SecurityDep,
+    StoresDep,
     UserById,
 )
 from app.schemas.common import Page, problem_responses
@@ -39,9 +40,14 @@ router = APIRouter(prefix="/api/users", tags=["users"])
     responses=problem_responses(409, 422, 429),
 )
 async def register(
-    body: UserCreate, response: Response, db: DbSession, security: SecurityDep, client: ClientDep
+    body: UserCreate,
+    response: Response,
+    db: DbSession,
+    security: SecurityDep,
+    stores: StoresDep,
+    client: ClientDep,
 ) -> Registered:
-    user, tokens = await users.register(db, security, body, client)
+    user, tokens = await users.register(db, security, stores.limiter, body, client)
     response.headers["Location"] = f"/api/users/{user.id}"
     return Registered(user=users.to_out(user), tokens=tokens)
 
@@ -59,8 +65,10 @@ async def read_me(user: CurrentUser) -> UserOut:
     response_model=UserOut,
     responses=problem_responses(401, 409, 422),
 )
-async def update_me(body: UserUpdate, user: CurrentUser, db: DbSession) -> UserOut:
-    return users.to_out(await users.update(db, user, body))
+async def update_me(
+    body: UserUpdate, user: CurrentUser, db: DbSession, stores: StoresDep
+) -> UserOut:
+    return users.to_out(await users.update(db, stores, user, body))
 
 
 @router.post(
@@ -71,9 +79,14 @@ async def update_me(body: UserUpdate, user: CurrentUser, db: DbSession) -> UserO
     responses=problem_responses(400, 401, 422),
 )
 async def change_password(
-    body: PasswordChange, caller: CurrentPrincipal, db: DbSession, security: SecurityDep
+    body: PasswordChange,
+    caller: CurrentPrincipal,
+    user: CurrentUser,
+    db: DbSession,
+    security: SecurityDep,
+    stores: StoresDep,
 ) -> Response:
-    await users.change_password(db, security, caller, body)
+    await users.change_password(db, security, stores, user, caller.session_id, body)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -84,8 +97,8 @@ async def change_password(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 409),
 )
-async def delete_me(user: CurrentUser, db: DbSession) -> Response:
-    await users.delete(db, user)
+async def delete_me(user: CurrentUser, db: DbSession, stores: StoresDep) -> Response:
+    await users.delete(db, stores, user)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -107,8 +120,10 @@ async def list_sessions(caller: CurrentPrincipal, db: DbSession) -> list[Session
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 404, 422),
 )
-async def end_session(session_id: uuid.UUID, user: CurrentUser, db: DbSession) -> Response:
-    await auth.end_session(db, user.id, session_id)
+async def end_session(
+    session_id: uuid.UUID, caller: CurrentPrincipal, db: DbSession, stores: StoresDep
+) -> Response:
+    await auth.end_session(db, stores.sessions, caller.id, session_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -118,7 +133,7 @@ async def end_session(session_id: uuid.UUID, user: CurrentUser, db: DbSession) -
     response_model=Page[UserOut],
     responses=problem_responses(401, 403, 422),
 )
-async def list_users(page: PageParams, _: AdminUser, db: DbSession) -> Page[UserOut]:
+async def list_users(_: AdminPrincipal, page: PageParams, db: DbSession) -> Page[UserOut]:
     return await users.list_users(db, page)
 
 
@@ -141,9 +156,9 @@ async def read_user(user: UserById) -> UserPublic:
     responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def admin_update(
-    _: AdminUser, body: AdminUserUpdate, user: UserById, db: DbSession
+    _: AdminPrincipal, body: AdminUserUpdate, user: UserById, db: DbSession, stores: StoresDep
 ) -> UserOut:
-    return users.to_out(await users.admin_update(db, user, body))
+    return users.to_out(await users.admin_update(db, stores, user, body))
 
 
 @router.delete(
@@ -152,6 +167,8 @@ async def admin_update(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 403, 404, 409),
 )
-async def admin_delete(_: AdminUser, user: UserById, db: DbSession) -> Response:
-    await users.delete(db, user)
+async def admin_delete(
+    _: AdminPrincipal, user: UserById, db: DbSession, stores: StoresDep
+) -> Response:
+    await users.delete(db, stores, user)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -17,30 +17,53 @@ from app.errors import (
     TokenExpired,
     TokenRevoked,
 )
-from app.models import AuthSession, User
+from app.models import AuthSession, Role, User
 from app.schemas.token import TokenPair
 from app.schemas.user import SessionOut
 from app.security import IssuedToken, TokenClaims, fingerprint
 from app.services.security import Client, Security
+from app.stores.rate_limit import RateLimiter
+from app.stores.sessions import CachedSession, SessionCache
 
 USER_AGENT_MAX = 255
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The authenticated caller: the user and the session their access token belongs to."""
+    """The authenticated caller, as the access token and its (live) session say."""
 
-    user: User
+    id: int
     session_id: uuid.UUID
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
 
 
-async def authenticate(db: AsyncSession, security: Security, login: str, password: str) -> User:
-    """The user with this username or e-mail and password; the same answer and cost if unknown."""
+async def authenticate(
+    db: AsyncSession,
+    security: Security,
+    limiter: RateLimiter,
+    login: str,
+    password: str,
+    client: Client,
+) -> User:
+    """The user with this username or e-mail and password; the same answer and cost if unknown.
+
+    Rate limited per client IP, and per account on failures: a locked account is refused even
+    with the right password until its window passes.
+    """
+    await limiter.hit(limiter.login_ip, client.ip)
+    login = login.strip().lower()
     column = User.email if "@" in login else User.username
-    user = await db.scalar(select(User).where(column == login.strip().lower()))
+    user = await db.scalar(select(User).where(column == login))
     # End the transaction before hashing: no pooled connection waits on the CPU-bound check.
     await db.commit()
+    account = f"user:{user.id}" if user else f"login:{login}"
+    await limiter.check(limiter.login_account, account)
     if not await security.passwords.verify(user.password_hash if user else None, password):
+        await limiter.hit(limiter.login_account, account)
         raise InvalidCredentials
     assert user is not None, "verify() is False without a hash"
     if not user.is_active:
@@ -71,7 +94,9 @@ async def start_session(
     return _pair(security, refresh)
 
 
-async def refresh(db: AsyncSession, security: Security, refresh_token: str) -> TokenPair:
+async def refresh(
+    db: AsyncSession, security: Security, sessions: SessionCache, refresh_token: str
+) -> TokenPair:
     """Rotate: exchange a refresh token for a new pair, spending it.
 
     The swap is one conditional UPDATE (a compare-and-set on the stored fingerprint), so of two
@@ -101,19 +126,26 @@ async def refresh(db: AsyncSession, security: Security, refresh_token: str) -> T
         user_active = await db.scalar(select(User.is_active).where(User.id == claims.user_id))
         await _revoke(db, AuthSession.id == session.id)
         await db.commit()
+        await sessions.revoke([session.id])
         raise InactiveUser if not user_active else RefreshTokenReused
     await db.commit()
     return _pair(security, new_refresh)
 
 
-async def revoke(db: AsyncSession, security: Security, refresh_token: str) -> None:
+async def revoke(
+    db: AsyncSession, security: Security, sessions: SessionCache, refresh_token: str
+) -> None:
     """Log out: end the session the refresh token belongs to."""
     try:
         claims = security.tokens.decode(refresh_token, "refresh")
     except TokenExpired:
         return  # the session has ended by itself
-    await _revoke(db, AuthSession.id == claims.session_id, AuthSession.user_id == claims.user_id)
+    ended = await _revoke(
+        db, AuthSession.id == claims.session_id, AuthSession.user_id == claims.user_id
+    )
     await db.commit()
+    if ended:
+        await sessions.revoke([claims.session_id])
 
 
 async def verify(db: AsyncSession, security: Security, token: str) -> None:
@@ -129,29 +161,40 @@ async def verify(db: AsyncSession, security: Security, token: str) -> None:
         raise InactiveUser
 
 
-async def principal(db: AsyncSession, security: Security, access_token: str) -> Principal:
-    """The caller behind an access token, whose session must still be live."""
+async def principal(
+    db: AsyncSession, security: Security, sessions: SessionCache, access_token: str
+) -> Principal:
+    """The caller behind an access token, whose session must still be live.
+
+    With Redis the answer usually comes from the session cache; otherwise one primary-key join.
+    """
     claims = security.tokens.decode(access_token, "access")
+    lookup = await sessions.lookup(claims.session_id, claims.user_id)
+    if lookup.revoked:
+        raise TokenRevoked
+    if lookup.hit is not None:
+        return Principal(claims.user_id, claims.session_id, lookup.hit.role)
     row = (
         await db.execute(
-            select(User, AuthSession)
+            select(User.role, User.is_active, AuthSession)
             .join(AuthSession, AuthSession.user_id == User.id)
             .where(User.id == claims.user_id, AuthSession.id == claims.session_id)
         )
     ).first()
-    if row is None or not _is_live(row[1], claims):
+    if row is None or not _is_live(row[2], claims):
         raise TokenRevoked
-    user: User = row[0]
-    if not user.is_active:
+    role, is_active = row[0], row[1]
+    if not is_active:
         raise InactiveUser
-    return Principal(user, claims.session_id)
+    await sessions.remember(claims.session_id, CachedSession(claims.user_id, role), lookup)
+    return Principal(claims.user_id, claims.session_id, role)
 
 
 async def list_sessions(db: AsyncSession, caller: Principal) -> list[SessionOut]:
     rows = await db.scalars(
         select(AuthSession)
         .where(
-            AuthSession.user_id == caller.user.id,
+            AuthSession.user_id == caller.id,
             AuthSession.revoked_at.is_(None),
             AuthSession.expires_at > utcnow(),
         )
@@ -170,15 +213,19 @@ async def list_sessions(db: AsyncSession, caller: Principal) -> list[SessionOut]
     ]
 
 
-async def end_session(db: AsyncSession, user_id: int, session_id: uuid.UUID) -> None:
+async def end_session(
+    db: AsyncSession, sessions: SessionCache, user_id: int, session_id: uuid.UUID
+) -> None:
     ended = await _revoke(db, AuthSession.id == session_id, AuthSession.user_id == user_id)
     if not ended:
         raise SessionNotFound
     await db.commit()
+    await sessions.revoke([session_id])
 
 
 async def end_sessions(db: AsyncSession, user_id: int, keep: uuid.UUID | None = None) -> int:
-    """End every live session of a user, except `keep`. The caller commits."""
+    """End every live session of a user, except `keep`. The caller commits, then tells the
+    session cache with `SessionCache.user_changed`."""
     conditions = [AuthSession.user_id == user_id]
     if keep is not None:
         conditions.append(AuthSession.id != keep)
@@ -206,7 +253,8 @@ def _is_live(session: AuthSession | None, claims: TokenClaims) -> bool:
 
 def _pair(security: Security, refresh: IssuedToken) -> TokenPair:
     claims = refresh.claims
-    access = security.tokens.issue("access", claims.user_id, claims.session_id)
+    # Never valid past its session's end, so an expired session needs no look-up to refuse.
+    access = security.tokens.issue("access", claims.user_id, claims.session_id, claims.expires_at)
     return TokenPair(
         access_token=access.token,
         refresh_token=refresh.token,

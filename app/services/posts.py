@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, Select, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,6 +24,13 @@ from app.schemas.post import (
     PostReplace,
     TagCount,
 )
+from app.stores.cache import (
+    LIST_GENERATIONS,
+    Cache,
+    list_slot,
+    post_generations,
+    post_slot,
+)
 
 _SORT_COLUMNS: dict[str, Any] = {
     "created_at": Post.created_at,
@@ -37,7 +45,24 @@ def _with_relations(stmt: Select[Post]) -> Select[Post]:
     return stmt.options(joinedload(Post.author), selectinload(Post.tags))
 
 
-def _visible_to(viewer: User | None) -> ColumnElement[bool] | None:
+class Viewer(Protocol):
+    """Who is reading: a signed-in principal or a loaded user (`None` for anonymous)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def is_admin(self) -> bool: ...
+
+
+def _viewer_key(viewer: Viewer | None) -> str:
+    # Answers differ per viewer (drafts, `liked_by_me`): each viewer has their own entries.
+    if viewer is None:
+        return "anon"
+    return f"{viewer.id}.{'admin' if viewer.is_admin else 'user'}"
+
+
+def _visible_to(viewer: Viewer | None) -> ColumnElement[bool] | None:
     """Drafts are seen by their author and administrators only."""
     if viewer is None:
         return Post.published.is_(True)
@@ -46,7 +71,7 @@ def _visible_to(viewer: User | None) -> ColumnElement[bool] | None:
     return or_(Post.published.is_(True), Post.author_id == viewer.id)
 
 
-async def get_visible(db: AsyncSession, post_id: int, viewer: User | None) -> Post:
+async def get_visible(db: AsyncSession, post_id: int, viewer: Viewer | None) -> Post:
     stmt = _with_relations(select(Post).where(Post.id == post_id))
     if (visible := _visible_to(viewer)) is not None:
         stmt = stmt.where(visible)
@@ -56,13 +81,37 @@ async def get_visible(db: AsyncSession, post_id: int, viewer: User | None) -> Po
     return post
 
 
-def ensure_can_edit(post: Post, user: User) -> Post:
+def ensure_can_edit(post: Post, user: Viewer) -> Post:
     if post.author_id != user.id and not user.is_admin:
         raise NotPostAuthor
     return post
 
 
-async def create(db: AsyncSession, author: User, data: PostCreate) -> PostOut:
+async def read_json(db: AsyncSession, cache: Cache, post_id: int, viewer: Viewer | None) -> bytes:
+    """The post as this viewer sees it, as JSON, from the cache when it is fresh."""
+    lookup = await cache.read(post_slot(post_id, _viewer_key(viewer)))
+    if lookup.value is not None:
+        return lookup.value
+    post = await get_visible(db, post_id, viewer)
+    body = (await get_out(db, post, viewer)).model_dump_json().encode()
+    await cache.write(lookup, body)
+    return body
+
+
+async def list_json(
+    db: AsyncSession, cache: Cache, query: PostQuery, viewer: Viewer | None
+) -> bytes:
+    """One page of posts as JSON, from the cache when it is fresh."""
+    query_key = hashlib.blake2b(query.model_dump_json().encode(), digest_size=12).hexdigest()
+    lookup = await cache.read(list_slot(query_key, _viewer_key(viewer)))
+    if lookup.value is not None:
+        return lookup.value
+    body = (await list_posts(db, query, viewer)).model_dump_json().encode()
+    await cache.write(lookup, body)
+    return body
+
+
+async def create(db: AsyncSession, cache: Cache, author: User, data: PostCreate) -> PostOut:
     now = utcnow()
     post = Post(
         author_id=author.id,
@@ -77,11 +126,12 @@ async def create(db: AsyncSession, author: User, data: PostCreate) -> PostOut:
     post.tags = await _tags_named(db, data.tags)
     db.add(post)
     await db.commit()
+    await cache.bump(*LIST_GENERATIONS)
     return to_out(post, liked=False)
 
 
 async def change(
-    db: AsyncSession, post: Post, changes: PostReplace | PostPatch, viewer: User
+    db: AsyncSession, cache: Cache, post: Post, changes: PostReplace | PostPatch, viewer: Viewer
 ) -> PostOut:
     values = changes.model_dump(exclude_unset=not isinstance(changes, PostReplace))
     if not values:  # an empty PATCH changes nothing, not even updated_at
@@ -93,15 +143,17 @@ async def change(
         post.tags = await _tags_named(db, tags)
     post.updated_at = utcnow()
     await db.commit()
+    await cache.bump(*post_generations(post.id))
     return to_out(post, liked=await _liked(db, viewer, [post.id]) == {post.id})
 
 
-async def delete_post(db: AsyncSession, post: Post) -> None:
+async def delete_post(db: AsyncSession, cache: Cache, post: Post) -> None:
     await db.delete(post)
     await db.commit()
+    await cache.bump(*post_generations(post.id))
 
 
-async def set_like(db: AsyncSession, post: Post, user: User, liked: bool) -> None:
+async def set_like(db: AsyncSession, cache: Cache, post: Post, user: Viewer, liked: bool) -> None:
     """Like or unlike, idempotently; the counter moves only when the like row changes."""
     if liked:
         changed = await insert_ignoring_conflicts(
@@ -120,13 +172,15 @@ async def set_like(db: AsyncSession, post: Post, user: User, liked: bool) -> Non
             .execution_options(synchronize_session=False)
         )
     await db.commit()
+    if changed:
+        await cache.bump(*post_generations(post.id))
 
 
-async def get_out(db: AsyncSession, post: Post, viewer: User | None) -> PostOut:
+async def get_out(db: AsyncSession, post: Post, viewer: Viewer | None) -> PostOut:
     return to_out(post, liked=post.id in await _liked(db, viewer, [post.id]))
 
 
-async def list_posts(db: AsyncSession, query: PostQuery, viewer: User | None) -> Page[PostOut]:
+async def list_posts(db: AsyncSession, query: PostQuery, viewer: Viewer | None) -> Page[PostOut]:
     """One page: a count, the rows with their authors, their tags, and the viewer's likes."""
     conditions = list(_filters(query, viewer))
     total = await db.scalar(select(func.count(Post.id)).where(*conditions)) or 0
@@ -179,7 +233,7 @@ def to_out(post: Post, liked: bool) -> PostOut:
     )
 
 
-def _filters(query: PostQuery, viewer: User | None) -> Iterable[ColumnElement[bool]]:
+def _filters(query: PostQuery, viewer: Viewer | None) -> Iterable[ColumnElement[bool]]:
     if (visible := _visible_to(viewer)) is not None:
         yield visible
     if query.q:
@@ -214,7 +268,7 @@ async def _tags_named(db: AsyncSession, names: Sequence[str]) -> list[Tag]:
     return list(await db.scalars(select(Tag).where(Tag.name.in_(names))))
 
 
-async def _liked(db: AsyncSession, viewer: User | None, post_ids: Sequence[int]) -> set[int]:
+async def _liked(db: AsyncSession, viewer: Viewer | None, post_ids: Sequence[int]) -> set[int]:
     if viewer is None or not post_ids:
         return set()
     rows = await db.scalars(

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import EmailTaken, LastAdmin, UsernameTaken, UserNotFound, WrongPassword
+from app.errors import (
+    EmailTaken,
+    InactiveUser,
+    LastAdmin,
+    TokenRevoked,
+    UsernameTaken,
+    UserNotFound,
+    WrongPassword,
+)
 from app.models import Role, User
 from app.schemas.common import Page, PageQuery
 from app.schemas.token import TokenPair
@@ -22,6 +31,9 @@ from app.schemas.user import (
 )
 from app.services import auth
 from app.services.security import Client, Security
+from app.stores import Stores
+from app.stores.cache import ALL_GENERATIONS
+from app.stores.rate_limit import RateLimiter
 
 
 def to_out(user: User) -> UserOut:
@@ -49,8 +61,9 @@ def to_public(user: User) -> UserPublic:
 
 
 async def register(
-    db: AsyncSession, security: Security, data: UserCreate, client: Client
+    db: AsyncSession, security: Security, limiter: RateLimiter, data: UserCreate, client: Client
 ) -> tuple[User, TokenPair]:
+    await limiter.hit(limiter.register_ip, client.ip)
     await _ensure_unique(db, email=data.email, username=data.username)
     await db.commit()  # hand the connection back while the password hashes
     password_hash = await security.passwords.hash(data.password)
@@ -88,6 +101,16 @@ async def create_admin(
     return user
 
 
+async def get_signed_in(db: AsyncSession, user_id: int) -> User:
+    """The account of an authenticated caller; gone or deactivated means the token is void."""
+    user = await db.get(User, user_id)
+    if user is None:
+        raise TokenRevoked
+    if not user.is_active:
+        raise InactiveUser
+    return user
+
+
 async def get(db: AsyncSession, user_id: int) -> User:
     user = await db.get(User, user_id)
     if user is None:
@@ -95,32 +118,39 @@ async def get(db: AsyncSession, user_id: int) -> User:
     return user
 
 
-async def update(db: AsyncSession, user: User, changes: UserUpdate) -> User:
-    values = changes.changes()
-    await _apply(db, user, values)
-    await db.commit()
+async def update(db: AsyncSession, stores: Stores, user: User, changes: UserUpdate) -> User:
+    await _apply(db, stores, user, changes.changes())
     return user
 
 
 async def change_password(
-    db: AsyncSession, security: Security, caller: auth.Principal, data: PasswordChange
+    db: AsyncSession,
+    security: Security,
+    stores: Stores,
+    user: User,
+    session_id: uuid.UUID,
+    data: PasswordChange,
 ) -> None:
-    user = caller.user
+    """Set a new password; every session but the caller's ends."""
     current_hash = user.password_hash
     await db.commit()
     if not await security.passwords.verify(current_hash, data.current_password):
         raise WrongPassword
     user.password_hash = await security.passwords.hash(data.new_password)
     db.add(user)
-    await auth.end_sessions(db, user.id, keep=caller.session_id)
+    await auth.end_sessions(db, user.id, keep=session_id)
     await db.commit()
+    await stores.sessions.user_changed(user.id)
 
 
-async def delete(db: AsyncSession, user: User) -> None:
+async def delete(db: AsyncSession, stores: Stores, user: User) -> None:
+    """Delete the account with its posts, likes and sessions."""
     if user.is_admin:
         await _ensure_other_admin(db, user)
     await db.delete(user)
     await db.commit()
+    await stores.sessions.user_changed(user.id)
+    await stores.cache.bump(*ALL_GENERATIONS)  # their posts and likes vanish from every answer
 
 
 async def list_users(db: AsyncSession, page: PageQuery) -> Page[UserOut]:
@@ -130,21 +160,27 @@ async def list_users(db: AsyncSession, page: PageQuery) -> Page[UserOut]:
     return Page(items=[to_out(u) for u in rows], total=total, limit=limit, offset=offset)
 
 
-async def admin_update(db: AsyncSession, user: User, changes: AdminUserUpdate) -> User:
+async def admin_update(
+    db: AsyncSession, stores: Stores, user: User, changes: AdminUserUpdate
+) -> User:
     values = changes.changes()
     losing_admin = user.is_admin and (
         values.get("role", user.role) != Role.ADMIN or values.get("is_active") is False
     )
     if losing_admin:
         await _ensure_other_admin(db, user)
-    await _apply(db, user, values)
     if values.get("is_active") is False:
         await auth.end_sessions(db, user.id)
-    await db.commit()
+    await _apply(db, stores, user, values)
     return user
 
 
-async def _apply(db: AsyncSession, user: User, values: dict[str, Any]) -> None:
+async def _apply(db: AsyncSession, stores: Stores, user: User, values: dict[str, Any]) -> None:
+    """Apply profile changes, commit, and outdate what depended on the old values."""
+    access_changed = any(
+        field in values and values[field] != getattr(user, field) for field in ("role", "is_active")
+    )
+    renamed = "username" in values and values["username"] != user.username
     email, username = values.get("email"), values.get("username")
     await _ensure_unique(
         db,
@@ -156,6 +192,11 @@ async def _apply(db: AsyncSession, user: User, values: dict[str, Any]) -> None:
     for field, value in values.items():
         setattr(user, field, value)
     await _flush_unique(db, email=email, username=username)
+    await db.commit()
+    if access_changed:
+        await stores.sessions.user_changed(user.id)
+    if renamed:
+        await stores.cache.bump(*ALL_GENERATIONS)  # the name is on every post they wrote
 
 
 async def _ensure_unique(

@@ -76,14 +76,34 @@ class Settings(BaseSettings):
     rate_limit_register_ip: str = "10/minute"
     rate_limit_password_reset_ip: str = "5/minute"  # noqa: S105 - a rate, not a secret
 
-    # Later parts (Celery, SMTP) read these; they are listed so `.env` validates.
+    # Background jobs: Celery when a broker is set, in-process after the response otherwise.
     celery_broker_url: str | None = None
     celery_result_backend: str | None = None
+    # An unacknowledged task (its worker died) is delivered again after this long (Redis broker).
+    celery_visibility_timeout_seconds: int = Field(default=300, ge=1)
+    celery_queue: str = "inkwell"
+    # Images stuck in `pending` longer than this are queued again by the sweep.
+    image_stuck_after_seconds: int = Field(default=600, ge=1)
+    task_max_attempts: int = Field(default=3, ge=1)
+
+    # E-mail: SMTP when SMTP_HOST is set, `.eml` files under DATA_DIR/outbox otherwise.
     smtp_host: str | None = None
     smtp_port: int = 587
     smtp_user: str | None = None
     smtp_password: SecretStr | None = None
     smtp_from: str = "Inkwell <no-reply@inkwell.local>"
+    smtp_starttls: bool = False
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    email_verify_token_hours: int = Field(default=48, ge=1)
+    password_reset_token_minutes: int = Field(default=30, ge=1)
+    require_email_verification: bool = False
+    rate_limit_verify_resend: str = "3/hour"
+
+    # Uploads
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_images_per_post: int = Field(default=10, ge=1)
+    media_url: str = "/media"
 
     # A first administrator, created at start-up when both are set.
     first_admin_email: str | None = None
@@ -122,6 +142,7 @@ class Settings(BaseSettings):
         "rate_limit_login_account",
         "rate_limit_register_ip",
         "rate_limit_password_reset_ip",
+        "rate_limit_verify_resend",
     )
     @classmethod
     def _valid_rate_limit(cls, value: str) -> str:
@@ -162,6 +183,15 @@ class Settings(BaseSettings):
     @property
     def media_path(self) -> Path:
         return self.media_root or self.data_dir / "media"
+
+    @property
+    def uploads_path(self) -> Path:
+        """Where raw uploads wait for the worker: private, never served."""
+        return self.data_dir / "uploads"
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.data_dir / "outbox"
 
     def warn_about_production_gaps(self) -> None:
         if self.environment != "production":

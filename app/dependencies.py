@@ -16,6 +16,7 @@ from app.models import Post, User
 from app.schemas.common import PageQuery
 from app.schemas.post import PostQuery
 from app.services import auth, posts, users
+from app.services.backends import Backends
 from app.services.security import Client, Security
 from app.stores import Stores
 
@@ -38,6 +39,11 @@ def get_stores(request: Request) -> Stores:
     return stores
 
 
+def get_backends(request: Request) -> Backends:
+    backends: Backends = request.app.state.backends
+    return backends
+
+
 def get_security(request: Request) -> Security:
     security: Security = request.app.state.security
     return security
@@ -58,6 +64,8 @@ def get_client(request: Request) -> Client:
 DbSession = Annotated[AsyncSession, Depends(get_session)]
 SecurityDep = Annotated[Security, Depends(get_security)]
 StoresDep = Annotated[Stores, Depends(get_stores)]
+BackendsDep = Annotated[Backends, Depends(get_backends)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClientDep = Annotated[Client, Depends(get_client)]
 BearerToken = Annotated[str | None, Depends(_bearer)]
 

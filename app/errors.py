@@ -147,6 +147,18 @@ class LastAdmin(Conflict):
     detail = "The last active administrator cannot be removed or demoted."
 
 
+class PayloadTooLarge(AppError):
+    status = 413
+    code = "payload_too_large"
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(AppError):
+    status = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
 class RateLimited(AppError):
     status = 429
     code = "rate_limited"

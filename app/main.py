@@ -8,16 +8,23 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 from app.config import Settings, get_settings
 from app.database.session import create_engine, create_session_factory
 from app.errors import install_error_handlers
 from app.logging_setup import configure_logging
+from app.mail import build_mailer
+from app.media import LocalMedia
 from app.middleware import RequestIdMiddleware
-from app.routes import health, posts, tags, tokens, users
+from app.routes import health, images, password_reset, posts, tags, tasks, tokens, users
 from app.services import users as user_service
+from app.services.backends import Backends
 from app.services.security import Security
 from app.stores import Stores
+from app.tasks.context import JobContext
+from app.tasks.jobs import PROCESS_IMAGE, pending_images
+from app.tasks.runner import InProcessRunner, TaskRunner, build_runner
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +39,8 @@ TAGS = [
     {"name": "tokens", "description": "Log in, refresh (with rotation), verify, log out."},
     {"name": "users", "description": "Accounts, profiles, sessions and administration."},
     {"name": "posts", "description": "Posts with tags and likes; drafts stay private."},
+    {"name": "images", "description": "Post images, processed into variants in the background."},
+    {"name": "tasks", "description": "Background tasks you queued."},
     {"name": "operations", "description": "Health checks for orchestrators."},
 ]
 
@@ -44,7 +53,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.session_factory = create_session_factory(engine)
     app.state.security = Security.from_settings(settings)
-    app.state.stores = Stores.from_settings(settings)
+    stores = app.state.stores = Stores.from_settings(settings)
+    media = LocalMedia(settings)
+    jobs = JobContext(settings, app.state.session_factory, stores, media, build_mailer(settings))
+    runner = build_runner(settings, jobs)
+    app.state.backends = Backends(settings, stores, media, runner)
+    await _requeue_pending_images(jobs, runner)
     if settings.first_admin_email and settings.first_admin_password:
         async with app.state.session_factory() as db:
             await user_service.create_admin(
@@ -57,8 +71,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await app.state.stores.close()
+        await runner.drain()
+        await stores.close()
         await engine.dispose()
+
+
+async def _requeue_pending_images(jobs: JobContext, runner: TaskRunner) -> None:
+    """In-process jobs die with their process: queue what it left pending again."""
+    if isinstance(runner, InProcessRunner):
+        for task_id, image_id in await pending_images(jobs, older_than_seconds=0):
+            await runner.enqueue(PROCESS_IMAGE, task_id, image_id=image_id)
 
 
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> FastAPI:
@@ -75,8 +97,10 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     )
     app.state.settings = settings
 
-    for module in (tokens, users, posts, tags, health):
+    for module in (tokens, users, password_reset, posts, images, tags, tasks, health):
         app.include_router(module.router)
+    settings.media_path.mkdir(parents=True, exist_ok=True)
+    app.mount(settings.media_url, StaticFiles(directory=settings.media_path), name="media")
 
     install_error_handlers(app)
     if settings.cors_origins:

@@ -1,7 +1,24 @@
 """ORM models: the database's shape. Importing this package registers every table."""
 
 from app.models.auth_session import AuthSession
+from app.models.email_token import EmailToken, TokenPurpose
+from app.models.image import Image, ImageStatus
 from app.models.post import Post, PostLike, Tag, post_tag
+from app.models.task import Task, TaskState
 from app.models.user import Role, User
 
-__all__ = ["AuthSession", "Post", "PostLike", "Role", "Tag", "User", "post_tag"]
+__all__ = [
+    "AuthSession",
+    "EmailToken",
+    "Image",
+    "ImageStatus",
+    "Post",
+    "PostLike",
+    "Role",
+    "Tag",
+    "Task",
+    "TaskState",
+    "TokenPurpose",
+    "User",
+    "post_tag",
+]

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.database.base import Base
 from app.database.types import BigIntPK, UTCDateTime, utcnow
+from app.models.image import Image
 from app.models.user import User
 
 post_tag = Table(
@@ -59,6 +60,9 @@ class Post(Base):
 
     author: Mapped[User] = relationship(lazy="raise")
     tags: Mapped[list[Tag]] = relationship(secondary=post_tag, lazy="raise", order_by=Tag.name)
+    images: Mapped[list[Image]] = relationship(
+        lazy="raise", order_by=Image.id, passive_deletes=True
+    )
 
 
 class PostLike(Base):

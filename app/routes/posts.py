@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response, status
 
 from app.dependencies import (
+    BackendsDep,
     CurrentPrincipal,
     CurrentUser,
     DbSession,
@@ -12,6 +13,7 @@ from app.dependencies import (
     OwnedPost,
     PostId,
     PostQueryDep,
+    SettingsDep,
     StoresDep,
     VisiblePost,
 )
@@ -33,9 +35,14 @@ router = APIRouter(prefix="/api/posts", tags=["posts"])
     responses=problem_responses(401, 422),
 )
 async def create_post(
-    body: PostCreate, response: Response, user: CurrentUser, db: DbSession, stores: StoresDep
+    body: PostCreate,
+    response: Response,
+    user: CurrentUser,
+    db: DbSession,
+    settings: SettingsDep,
+    stores: StoresDep,
 ) -> PostOut:
-    post = await posts.create(db, stores.cache, user, body)
+    post = await posts.create(db, settings, stores.cache, user, body)
     response.headers["Location"] = f"/api/posts/{post.id}"
     return post
 
@@ -81,9 +88,14 @@ async def read_post(
     responses=problem_responses(401, 403, 404, 422),
 )
 async def replace_post(
-    body: PostReplace, post: OwnedPost, caller: CurrentPrincipal, db: DbSession, stores: StoresDep
+    body: PostReplace,
+    post: OwnedPost,
+    caller: CurrentPrincipal,
+    db: DbSession,
+    settings: SettingsDep,
+    stores: StoresDep,
 ) -> PostOut:
-    return await posts.change(db, stores.cache, post, body, caller)
+    return await posts.change(db, settings, stores.cache, post, body, caller)
 
 
 @router.patch(
@@ -94,9 +106,14 @@ async def replace_post(
     responses=problem_responses(401, 403, 404, 422),
 )
 async def patch_post(
-    body: PostPatch, post: OwnedPost, caller: CurrentPrincipal, db: DbSession, stores: StoresDep
+    body: PostPatch,
+    post: OwnedPost,
+    caller: CurrentPrincipal,
+    db: DbSession,
+    settings: SettingsDep,
+    stores: StoresDep,
 ) -> PostOut:
-    return await posts.change(db, stores.cache, post, body, caller)
+    return await posts.change(db, settings, stores.cache, post, body, caller)
 
 
 @router.delete(
@@ -106,8 +123,8 @@ async def patch_post(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 403, 404, 422),
 )
-async def delete_post(post: OwnedPost, db: DbSession, stores: StoresDep) -> Response:
-    await posts.delete_post(db, stores.cache, post)
+async def delete_post(post: OwnedPost, db: DbSession, backends: BackendsDep) -> Response:
+    await posts.delete_post(db, backends, post)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

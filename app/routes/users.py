@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response, status
 
 from app.dependencies import (
     AdminPrincipal,
+    BackendsDep,
     ClientDep,
     CurrentPrincipal,
     CurrentUser,
@@ -21,12 +22,13 @@ from app.schemas.user import (
     PasswordChange,
     Registered,
     SessionOut,
+    TokenBody,
     UserCreate,
     UserOut,
     UserPublic,
     UserUpdate,
 )
-from app.services import auth, users
+from app.services import auth, emails, users
 
 router = APIRouter(prefix="/api/users", tags=["users"])
 
@@ -44,10 +46,10 @@ async def register(
     response: Response,
     db: DbSession,
     security: SecurityDep,
-    stores: StoresDep,
+    backends: BackendsDep,
     client: ClientDep,
 ) -> Registered:
-    user, tokens = await users.register(db, security, stores.limiter, body, client)
+    user, tokens = await users.register(db, security, backends, body, client)
     response.headers["Location"] = f"/api/users/{user.id}"
     return Registered(user=users.to_out(user), tokens=tokens)
 
@@ -66,9 +68,9 @@ async def read_me(user: CurrentUser) -> UserOut:
     responses=problem_responses(401, 409, 422),
 )
 async def update_me(
-    body: UserUpdate, user: CurrentUser, db: DbSession, stores: StoresDep
+    body: UserUpdate, user: CurrentUser, db: DbSession, backends: BackendsDep
 ) -> UserOut:
-    return users.to_out(await users.update(db, stores, user, body))
+    return users.to_out(await users.update(db, backends, user, body))
 
 
 @router.post(
@@ -97,8 +99,8 @@ async def change_password(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 409),
 )
-async def delete_me(user: CurrentUser, db: DbSession, stores: StoresDep) -> Response:
-    await users.delete(db, stores, user)
+async def delete_me(user: CurrentUser, db: DbSession, backends: BackendsDep) -> Response:
+    await users.delete(db, backends, user)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -125,6 +127,30 @@ async def end_session(
 ) -> Response:
     await auth.end_session(db, stores.sessions, caller.id, session_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/verify",
+    summary="Verify my e-mail address",
+    description="Spend the token from the verification e-mail's link "
+    "(`{PUBLIC_URL}/verify-email?token=...`). Single use; it expires.",
+    response_model=UserOut,
+    responses=problem_responses(400, 422),
+)
+async def verify_email(body: TokenBody, db: DbSession) -> UserOut:
+    return users.to_out(await emails.verify(db, body.token))
+
+
+@router.post(
+    "/me/verify/resend",
+    summary="Send the verification e-mail again",
+    description="Rate limited. Does nothing for an address already verified.",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problem_responses(401, 429),
+)
+async def resend_verification(user: CurrentUser, db: DbSession, backends: BackendsDep) -> Response:
+    await emails.resend_verification(db, backends.settings, backends.stores, backends.runner, user)
+    return Response(status_code=status.HTTP_202_ACCEPTED)
 
 
 @router.get(
@@ -168,7 +194,7 @@ async def admin_update(
     responses=problem_responses(401, 403, 404, 409),
 )
 async def admin_delete(
-    _: AdminPrincipal, user: UserById, db: DbSession, stores: StoresDep
+    _: AdminPrincipal, user: UserById, db: DbSession, backends: BackendsDep
 ) -> Response:
-    await users.delete(db, stores, user)
+    await users.delete(db, backends, user)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

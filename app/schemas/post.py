@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
 from app.schemas.common import NulFreeModel, PatchModel, RequestModel
+from app.schemas.image import ImageOut
 
 MAX_TAGS = 10
 TAG_PATTERN = re.compile(r"^[a-z0-9-]{1,32}$")
@@ -84,11 +85,6 @@ class PostPatch(PatchModel):
 class AuthorOut(BaseModel):
     id: int
     username: str
-
-
-class ImageOut(BaseModel):
-    id: int
-    status: str
 
 
 class PostOut(BaseModel):

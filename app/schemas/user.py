@@ -93,3 +93,16 @@ class SessionOut(BaseModel):
     user_agent: str
     ip: str
     current: bool
+
+
+class TokenBody(RequestModel):
+    token: str = Field(min_length=1, max_length=512)
+
+
+class PasswordResetRequest(RequestModel):
+    email: Email
+
+
+class PasswordResetConfirm(RequestModel):
+    token: str = Field(min_length=1, max_length=512)
+    new_password: Password

@@ -10,9 +10,10 @@ from sqlalchemy import ColumnElement, Select, delete, exists, func, or_, select,
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
+from app.config import Settings
 from app.database.types import utcnow
 from app.database.upsert import insert_ignoring_conflicts
-from app.errors import NotPostAuthor, PostNotFound
+from app.errors import Forbidden, NotPostAuthor, PostNotFound
 from app.models import Post, PostLike, Tag, User, post_tag
 from app.schemas.common import Page
 from app.schemas.post import (
@@ -24,6 +25,8 @@ from app.schemas.post import (
     PostReplace,
     TagCount,
 )
+from app.services import images
+from app.services.backends import Backends
 from app.stores.cache import (
     LIST_GENERATIONS,
     Cache,
@@ -42,7 +45,7 @@ LIKE_ESCAPE = "\\"
 
 
 def _with_relations(stmt: Select[Post]) -> Select[Post]:
-    return stmt.options(joinedload(Post.author), selectinload(Post.tags))
+    return stmt.options(joinedload(Post.author), selectinload(Post.tags), selectinload(Post.images))
 
 
 class Viewer(Protocol):
@@ -111,7 +114,16 @@ async def list_json(
     return body
 
 
-async def create(db: AsyncSession, cache: Cache, author: User, data: PostCreate) -> PostOut:
+class EmailNotVerified(Forbidden):
+    code = "email_not_verified"
+    detail = "Verify your e-mail address before publishing; drafts are allowed meanwhile."
+
+
+async def create(
+    db: AsyncSession, settings: Settings, cache: Cache, author: User, data: PostCreate
+) -> PostOut:
+    if data.published and settings.require_email_verification and not author.is_verified:
+        raise EmailNotVerified
     now = utcnow()
     post = Post(
         author_id=author.id,
@@ -131,11 +143,20 @@ async def create(db: AsyncSession, cache: Cache, author: User, data: PostCreate)
 
 
 async def change(
-    db: AsyncSession, cache: Cache, post: Post, changes: PostReplace | PostPatch, viewer: Viewer
+    db: AsyncSession,
+    settings: Settings,
+    cache: Cache,
+    post: Post,
+    changes: PostReplace | PostPatch,
+    viewer: Viewer,
 ) -> PostOut:
     values = changes.model_dump(exclude_unset=not isinstance(changes, PostReplace))
     if not values:  # an empty PATCH changes nothing, not even updated_at
         return await get_out(db, post, viewer)
+    if values.get("published") and not post.published and settings.require_email_verification:
+        verified = await db.scalar(select(User.is_verified).where(User.id == post.author_id))
+        if not verified:
+            raise EmailNotVerified
     tags = values.pop("tags", None)
     for field, value in values.items():
         setattr(post, field, value)
@@ -147,10 +168,13 @@ async def change(
     return to_out(post, liked=await _liked(db, viewer, [post.id]) == {post.id})
 
 
-async def delete_post(db: AsyncSession, cache: Cache, post: Post) -> None:
+async def delete_post(db: AsyncSession, backends: Backends, post: Post) -> None:
+    """Delete the post with its likes, tags links and images (files included)."""
+    image_keys = [image.storage_key for image in post.images]
     await db.delete(post)
     await db.commit()
-    await cache.bump(*post_generations(post.id))
+    await images.remove_files(backends.media, image_keys)
+    await backends.stores.cache.bump(*post_generations(post.id))
 
 
 async def set_like(db: AsyncSession, cache: Cache, post: Post, user: Viewer, liked: bool) -> None:
@@ -225,7 +249,7 @@ def to_out(post: Post, liked: bool) -> PostOut:
         published=post.published,
         tags=sorted(tag.name for tag in post.tags),
         author=AuthorOut(id=post.author.id, username=post.author.username),
-        images=[],
+        images=[images.to_out(image) for image in post.images],
         likes=post.likes,
         liked_by_me=liked,
         created_at=post.created_at,

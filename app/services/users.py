@@ -18,7 +18,7 @@ from app.errors import (
     UserNotFound,
     WrongPassword,
 )
-from app.models import Role, User
+from app.models import Post, Role, User
 from app.schemas.common import Page, PageQuery
 from app.schemas.token import TokenPair
 from app.schemas.user import (
@@ -29,11 +29,11 @@ from app.schemas.user import (
     UserPublic,
     UserUpdate,
 )
-from app.services import auth
+from app.services import auth, emails, images
+from app.services.backends import Backends
 from app.services.security import Client, Security
 from app.stores import Stores
 from app.stores.cache import ALL_GENERATIONS
-from app.stores.rate_limit import RateLimiter
 
 
 def to_out(user: User) -> UserOut:
@@ -61,9 +61,14 @@ def to_public(user: User) -> UserPublic:
 
 
 async def register(
-    db: AsyncSession, security: Security, limiter: RateLimiter, data: UserCreate, client: Client
+    db: AsyncSession,
+    security: Security,
+    backends: Backends,
+    data: UserCreate,
+    client: Client,
 ) -> tuple[User, TokenPair]:
-    await limiter.hit(limiter.register_ip, client.ip)
+    """Create the account, log it in, and queue the verification e-mail."""
+    await backends.stores.limiter.hit(backends.stores.limiter.register_ip, client.ip)
     await _ensure_unique(db, email=data.email, username=data.username)
     await db.commit()  # hand the connection back while the password hashes
     password_hash = await security.passwords.hash(data.password)
@@ -77,6 +82,7 @@ async def register(
     db.add(user)
     await _flush_unique(db, email=data.email, username=data.username)
     tokens = await auth.start_session(db, security, user, client)
+    await emails.send_verification(db, backends.settings, backends.runner, user)
     return user, tokens
 
 
@@ -118,8 +124,12 @@ async def get(db: AsyncSession, user_id: int) -> User:
     return user
 
 
-async def update(db: AsyncSession, stores: Stores, user: User, changes: UserUpdate) -> User:
-    await _apply(db, stores, user, changes.changes())
+async def update(db: AsyncSession, backends: Backends, user: User, changes: UserUpdate) -> User:
+    """Change one's own profile; a new e-mail address gets a verification e-mail."""
+    old_email = user.email
+    await _apply(db, backends.stores, user, changes.changes())
+    if user.email != old_email:
+        await emails.send_verification(db, backends.settings, backends.runner, user)
     return user
 
 
@@ -143,14 +153,16 @@ async def change_password(
     await stores.sessions.user_changed(user.id)
 
 
-async def delete(db: AsyncSession, stores: Stores, user: User) -> None:
-    """Delete the account with its posts, likes and sessions."""
+async def delete(db: AsyncSession, backends: Backends, user: User) -> None:
+    """Delete the account with its posts, their images, likes and sessions."""
     if user.is_admin:
         await _ensure_other_admin(db, user)
+    image_keys = await images.storage_keys_of_posts(db, Post.author_id == user.id)
     await db.delete(user)
     await db.commit()
-    await stores.sessions.user_changed(user.id)
-    await stores.cache.bump(*ALL_GENERATIONS)  # their posts and likes vanish from every answer
+    await images.remove_files(backends.media, image_keys)
+    await backends.stores.sessions.user_changed(user.id)
+    await backends.stores.cache.bump(*ALL_GENERATIONS)  # their posts and likes vanish
 
 
 async def list_users(db: AsyncSession, page: PageQuery) -> Page[UserOut]:

@@ -36,6 +36,7 @@ class RateLimiter:
         self.password_reset_ip = Limit(
             "password-reset-ip", parse(settings.rate_limit_password_reset_ip)
         )
+        self.verify_resend = Limit("verify-resend", parse(settings.rate_limit_verify_resend))
         self._link = link
         self._memory = MovingWindowRateLimiter(MemoryStorage())
         self._shared: MovingWindowRateLimiter | None = None

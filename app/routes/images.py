@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response, status
+
+from app.dependencies import (
+    MAX_ID,
+    BackendsDep,
+    CurrentPrincipal,
+    DbSession,
+    OwnedPost,
+    VisiblePost,
+)
+from app.schemas.common import problem_responses
+from app.schemas.image import ImageOut
+from app.services import images
+
+router = APIRouter(prefix="/api/posts/{post_id}/images", tags=["images"])
+
+ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="The image's id")]
+
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "alt": {"type": "string", "maxLength": 300},
+                },
+            }
+        }
+    },
+}
+
+
+@router.post(
+    "",
+    summary="Upload an image",
+    description="Multipart `file` (JPEG, PNG, WebP or GIF, told by its bytes; at most "
+    "`MAX_UPLOAD_BYTES`, 10 MiB by default, and 40 megapixels) and an optional `alt` text. "
+    "Answers 202 at once with the image `pending` and its `task_id`; a worker then writes the "
+    "cleaned original and the `large`, `medium` and `thumb` WebP variants.",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ImageOut,
+    responses=problem_responses(401, 403, 404, 409, 413, 415, 422),
+    openapi_extra={"requestBody": _UPLOAD_BODY},
+)
+async def upload_image(
+    post: OwnedPost,
+    caller: CurrentPrincipal,
+    request: Request,
+    response: Response,
+    db: DbSession,
+    backends: BackendsDep,
+) -> ImageOut:
+    image = await images.upload(db, backends, post, caller.id, request)
+    response.headers["Location"] = f"/api/posts/{post.id}/images/{image.id}"
+    return image
+
+
+@router.get(
+    "/{image_id}",
+    summary="Read an image",
+    description="Its status (`pending`, `ready`, `failed`) and, once ready, its variants.",
+    response_model=ImageOut,
+    responses=problem_responses(401, 404, 422),
+)
+async def read_image(post: VisiblePost, image_id: ImageId, db: DbSession) -> ImageOut:
+    return images.to_out(await images.get(db, post, image_id))
+
+
+@router.delete(
+    "/{image_id}",
+    summary="Delete an image",
+    description="Removes the image and its files. Only the post's author or an administrator.",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(401, 403, 404, 422),
+)
+async def delete_image(
+    post: OwnedPost, image_id: ImageId, db: DbSession, backends: BackendsDep
+) -> Response:
+    await images.delete(db, backends, await images.get(db, post, image_id))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from app.dependencies import BackendsDep, ClientDep, DbSession, SecurityDep
+from app.schemas.common import problem_responses
+from app.schemas.user import PasswordResetConfirm, PasswordResetRequest
+from app.services import emails
+
+router = APIRouter(prefix="/api/password-reset", tags=["users"])
+
+
+@router.post(
+    "",
+    summary="Ask for a password reset",
+    description="Always 202, whether or not the address has an account (no enumeration). "
+    "For a real account, an e-mail with a single-use link "
+    "(`{PUBLIC_URL}/reset-password?token=...`) is queued. Rate limited per IP.",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problem_responses(422, 429),
+)
+async def request_reset(
+    body: PasswordResetRequest, db: DbSession, backends: BackendsDep, client: ClientDep
+) -> Response:
+    await emails.request_password_reset(
+        db, backends.settings, backends.stores, backends.runner, body.email, client
+    )
+    return Response(status_code=status.HTTP_202_ACCEPTED)
+
+
+@router.post(
+    "/confirm",
+    summary="Set a new password",
+    description="Spend the token from the reset e-mail. Every session of the account ends.",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(400, 422),
+)
+async def confirm_reset(
+    body: PasswordResetConfirm, db: DbSession, security: SecurityDep, backends: BackendsDep
+) -> Response:
+    await emails.reset_password(db, security, backends.stores, body.token, body.new_password)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

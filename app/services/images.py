@@ -1,0 +1,143 @@
+"""Post images: upload checks in the request, processing in the background."""
+
+from __future__ import annotations
+
+import secrets
+
+import anyio.to_thread
+from fastapi import Request
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.errors import AppError, Conflict, NotFound, UnsupportedMediaType
+from app.imaging import ImageRejected, probe, sniff
+from app.media import LocalMedia
+from app.models import Image, ImageStatus, Post
+from app.schemas.image import ImageOut, VariantOut
+from app.services import tasks
+from app.services.backends import Backends
+from app.stores.cache import post_generations
+from app.tasks.jobs import PROCESS_IMAGE
+from app.uploads import receive_file
+
+MAX_ALT = 300
+
+
+class ImageNotFound(NotFound):
+    code = "image_not_found"
+    detail = "No such image."
+
+
+class TooManyImages(Conflict):
+    code = "too_many_images"
+
+
+class TooManyPixels(AppError):
+    status = 422
+    code = "image_too_large"
+    title = "Image too large"
+
+
+class UnreadableImage(AppError):
+    status = 422
+    code = "invalid_image"
+    title = "Invalid image"
+
+
+def to_out(image: Image) -> ImageOut:
+    return ImageOut(
+        id=image.id,
+        post_id=image.post_id,
+        status=ImageStatus(image.status).value,
+        alt=image.alt,
+        format=image.format.lower(),
+        width=image.width,
+        height=image.height,
+        bytes=image.bytes,
+        variants={k: VariantOut(**v) for k, v in (image.variants or {}).items()},
+        failure_reason=image.failure_reason,
+        task_id=image.task_id,
+        created_at=image.created_at,
+    )
+
+
+async def upload(
+    db: AsyncSession, backends: Backends, post: Post, user_id: int, request: Request
+) -> ImageOut:
+    """Stream the upload to disk within the size limit, check it is an accepted image by its
+    bytes and pixel count, record it `pending` and queue its processing."""
+    settings, media = backends.settings, backends.media
+    await _ensure_room(db, settings, post.id)
+    await db.commit()  # no connection is held while the body streams in
+    received = await receive_file(request, settings.uploads_path, settings.max_upload_bytes)
+    try:
+        format_ = sniff(received.head)
+        if format_ is None:
+            raise UnsupportedMediaType("Only JPEG, PNG, WebP and GIF images are accepted.")
+        try:
+            probed = await anyio.to_thread.run_sync(probe, received.path, format_)
+        except ImageRejected as exc:
+            raise UnreadableImage(str(exc)) from exc
+        if probed.width * probed.height > settings.max_image_pixels:
+            raise TooManyPixels(
+                f"{probed.width}x{probed.height} is over {settings.max_image_pixels:,} pixels."
+            )
+        await _ensure_room(db, settings, post.id)
+        key = secrets.token_hex(16)
+        received.path.replace(media.upload_path(key))
+    except BaseException:
+        received.path.unlink(missing_ok=True)
+        raise
+    task = tasks.new(db, PROCESS_IMAGE, user_id)
+    image = Image(
+        post_id=post.id,
+        storage_key=key,
+        alt=received.fields.get("alt", "")[:MAX_ALT],
+        format=format_,
+        width=probed.width,
+        height=probed.height,
+        bytes=received.size,
+        variants={},
+        attempts=0,
+        task_id=task.id,
+    )
+    db.add(image)
+    await db.commit()
+    await backends.stores.cache.bump(*post_generations(post.id))
+    await backends.runner.enqueue(PROCESS_IMAGE, task.id, image_id=image.id)
+    return to_out(image)
+
+
+async def get(db: AsyncSession, post: Post, image_id: int) -> Image:
+    image = await db.scalar(select(Image).where(Image.id == image_id, Image.post_id == post.id))
+    if image is None:
+        raise ImageNotFound
+    return image
+
+
+async def delete(db: AsyncSession, backends: Backends, image: Image) -> None:
+    await db.delete(image)
+    await db.commit()
+    await anyio.to_thread.run_sync(backends.media.delete, image.storage_key)
+    await backends.stores.cache.bump(*post_generations(image.post_id))
+
+
+async def storage_keys_of_posts(db: AsyncSession, *conditions: object) -> list[str]:
+    """The storage keys of the images of the posts matching `conditions`, to remove their files
+    once the posts are deleted."""
+    rows = await db.scalars(
+        select(Image.storage_key).join(Post, Post.id == Image.post_id).where(*conditions)  # type: ignore[arg-type]
+    )
+    return list(rows)
+
+
+async def remove_files(media: LocalMedia, keys: list[str]) -> None:
+    for key in keys:
+        await anyio.to_thread.run_sync(media.delete, key)
+
+
+async def _ensure_room(db: AsyncSession, settings: Settings, post_id: int) -> None:
+    count = await db.scalar(select(func.count(Image.id)).where(Image.post_id == post_id)) or 0
+    if count >= settings.max_images_per_post:
+        raise TooManyImages(f"A post has at most {settings.max_images_per_post} images.")

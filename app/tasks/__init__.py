@@ -1,0 +1,1 @@
+"""Background jobs (image processing, e-mail): the jobs, their runners and the Celery app."""

@@ -1,0 +1,99 @@
+"""The Celery application: `celery -A app.tasks.celery_app worker` or `python -m app worker`.
+
+Tasks are acknowledged late and rejected when their worker dies, so a worker killed mid-task
+loses nothing: the broker delivers the task again (RabbitMQ at once; the Redis broker after
+CELERY_VISIBILITY_TIMEOUT_SECONDS). The jobs are idempotent and count their attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from celery import Celery, Task
+from celery.signals import worker_process_shutdown, worker_ready
+
+from app.config import get_settings
+from app.models import TaskState
+from app.tasks import jobs
+from app.tasks.context import JobContext
+from app.tasks.runner import EMAIL_MAX_RETRIES, retry_delay
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+settings = get_settings()
+celery_app = Celery("inkwell", broker=settings.celery_broker_url)
+celery_app.conf.update(
+    result_backend=settings.celery_result_backend,
+    task_ignore_result=settings.celery_result_backend is None,
+    task_serializer="json",
+    accept_content=["json"],
+    result_serializer="json",
+    task_default_queue=settings.celery_queue,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout_seconds},
+    worker_hijack_root_logger=False,
+    enable_utc=True,
+)
+
+# One event loop and one JobContext (engine, Redis pool) per worker process, made on first use
+# so that nothing is shared across the fork.
+_loop: asyncio.Runner | None = None
+_ctx: JobContext | None = None
+
+
+def _run(make: Any) -> Any:
+    global _loop, _ctx
+    if _loop is None:
+        _loop = asyncio.Runner()
+    if _ctx is None:
+        _ctx = JobContext.for_worker(settings)
+    coroutine: Coroutine[Any, Any, Any] = make(_ctx)
+    return _loop.run(coroutine)
+
+
+@worker_process_shutdown.connect
+def _close(**_: Any) -> None:
+    if _loop is not None and _ctx is not None:
+        _loop.run(_ctx.close())
+        _loop.close()
+
+
+@celery_app.task(name="inkwell.process_image", bind=True)
+def process_image(self: Task[Any, Any], /, task_id: str, image_id: int) -> dict[str, Any]:
+    result: dict[str, Any] = _run(lambda ctx: jobs.process_image(ctx, task_id, image_id))
+    return result
+
+
+@celery_app.task(name="inkwell.send_email", bind=True, max_retries=EMAIL_MAX_RETRIES)
+def send_email(self: Task[Any, Any], /, task_id: str, **message: Any) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = _run(lambda ctx: jobs.send_email(ctx, task_id, **message))
+    except jobs.RetryableError as exc:
+        retries = self.request.retries
+        state = TaskState.RETRY if retries < EMAIL_MAX_RETRIES else TaskState.FAILURE
+        error = {"error": str(exc)}
+        _run(lambda ctx: jobs.record_state(ctx, task_id, state, error))
+        if state is TaskState.FAILURE:
+            raise
+        raise self.retry(exc=exc, countdown=retry_delay(retries)) from exc
+    return result
+
+
+@worker_ready.connect
+def _sweep(**_: Any) -> None:
+    """Queue again the images left pending by a worker that died: a bounded recovery even when
+    the broker forgot the task."""
+    stuck = _run(lambda ctx: jobs.pending_images(ctx, settings.image_stuck_after_seconds))
+    for task_id, image_id in stuck:
+        process_image.apply_async(
+            kwargs={"task_id": task_id, "image_id": image_id}, queue=settings.celery_queue
+        )
+    if stuck:
+        logger.warning("queued stuck images again", extra={"count": len(stuck)})

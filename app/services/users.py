@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +19,7 @@ from app.errors import (
     UserNotFound,
     WrongPassword,
 )
-from app.models import Role, User
+from app.models import Post, PostLike, Role, User
 from app.schemas.common import Page, PageQuery
 from app.schemas.token import TokenPair
 from app.schemas.user import (
@@ -147,6 +148,13 @@ async def delete(db: AsyncSession, stores: Stores, user: User) -> None:
     """Delete the account with its posts, likes and sessions."""
     if user.is_admin:
         await _ensure_other_admin(db, user)
+    # Their likes go with them: take them off the counters in the same transaction.
+    await db.execute(
+        sa.update(Post)
+        .where(Post.id.in_(select(PostLike.post_id).where(PostLike.user_id == user.id)))
+        .values(likes=Post.likes - 1)
+        .execution_options(synchronize_session=False)
+    )
     await db.delete(user)
     await db.commit()
     await stores.sessions.user_changed(user.id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +19,7 @@ from app.errors import (
     UserNotFound,
     WrongPassword,
 )
-from app.models import Post, Role, User
+from app.models import Post, PostLike, Role, User
 from app.schemas.common import Page, PageQuery
 from app.schemas.token import TokenPair
 from app.schemas.user import (
@@ -158,6 +159,13 @@ async def delete(db: AsyncSession, backends: Backends, user: User) -> None:
     if user.is_admin:
         await _ensure_other_admin(db, user)
     image_keys = await images.storage_keys_of_posts(db, Post.author_id == user.id)
+    # Their likes go with them: take them off the counters in the same transaction.
+    await db.execute(
+        sa.update(Post)
+        .where(Post.id.in_(select(PostLike.post_id).where(PostLike.user_id == user.id)))
+        .values(likes=Post.likes - 1)
+        .execution_options(synchronize_session=False)
+    )
     await db.delete(user)
     await db.commit()
     await images.remove_files(backends.media, image_keys)

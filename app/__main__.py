@@ -45,6 +45,34 @@ def run(
     )
 
 
+@cli.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Worker processes")] = 2,
+    pool: Annotated[str, typer.Option(help="prefork, solo or threads")] = "prefork",
+    loglevel: str = "INFO",
+) -> None:
+    """Run a Celery worker for the image and e-mail jobs (needs CELERY_BROKER_URL)."""
+    settings = get_settings()
+    if not settings.celery_broker_url:
+        typer.echo("CELERY_BROKER_URL is not set: jobs run inside the API process.", err=True)
+        raise typer.Exit(2)
+    from app.logging_setup import configure_logging
+    from app.tasks.celery_app import celery_app
+
+    configure_logging(json_lines=settings.environment == "production", level=loglevel)
+    celery_app.worker_main(
+        [
+            "worker",
+            f"--queues={settings.celery_queue}",
+            f"--concurrency={concurrency}",
+            f"--pool={pool}",
+            f"--loglevel={loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
 @cli.command("create-admin")
 def create_admin(
     email: Annotated[str, typer.Option(prompt=True)],

@@ -75,13 +75,13 @@ def probe(path: Path, format_: str) -> Probe:
         raise ImageRejected("The file is not a readable image.") from exc
 
 
-def process(source: Path, format_: str, out_dir: Path) -> tuple[str, list[Variant]]:
+def process(source: Path, format_: str, out_dir: Path) -> list[Variant]:
     """Check the image again, apply its EXIF orientation, drop all metadata, and write the
     cleaned original and the `large`, `medium` and `thumb` WebP variants into `out_dir`.
 
     JPEGs are decoded once, at the smallest scale the largest variant allows (Pillow's
     `draft`), and their original is cleaned by dropping metadata segments, without re-encoding,
-    unless its orientation must be applied. Returns the original's file name and the variants.
+    unless its orientation must be applied. Returns the cleaned original and the variants.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     extension = FORMATS[format_]
@@ -89,23 +89,27 @@ def process(source: Path, format_: str, out_dir: Path) -> tuple[str, list[Varian
     try:
         with Image.open(source, formats=[format_]) as im:
             orientation = im.getexif().get(0x0112, 1)
+            size = im.size
             if format_ == "JPEG" and orientation == 1:
-                _write_atomic(out_dir / original_name, strip_jpeg_metadata(source.read_bytes()))
+                cleaned = strip_jpeg_metadata(source.read_bytes())
                 im.draft(im.mode, _draft_size(im.size))
                 im.load()
                 upright: Image.Image = im
             else:
                 im.load()
                 upright = ImageOps.exif_transpose(im)
-                _write_atomic(out_dir / original_name, _encode_original(upright, format_))
-            variants = _variants(upright, out_dir)
+                size = upright.size
+                cleaned = _encode_original(upright, format_)
+            _write_atomic(out_dir / original_name, cleaned)
+            original = Variant("original", original_name, *size, len(cleaned))
+            variants = [original, *_variants(upright, out_dir)]
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageRejected("The image has too many pixels.") from exc
     except (OSError, SyntaxError, ValueError, struct.error) as exc:
         raise ImageRejected(f"The image could not be decoded: {exc}") from exc
-    return original_name, variants
+    return variants
 
 
 def _draft_size(size: tuple[int, int]) -> tuple[int, int]:

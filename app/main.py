@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings, get_settings
 from app.database.session import create_engine, create_session_factory
@@ -78,9 +79,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 async def _requeue_pending_images(jobs: JobContext, runner: TaskRunner) -> None:
     """In-process jobs die with their process: queue what it left pending again."""
-    if isinstance(runner, InProcessRunner):
-        for task_id, image_id in await pending_images(jobs, older_than_seconds=0):
-            await runner.enqueue(PROCESS_IMAGE, task_id, image_id=image_id)
+    if not isinstance(runner, InProcessRunner):
+        return
+    try:
+        pending = await pending_images(jobs, older_than_seconds=0)
+    except (OSError, SQLAlchemyError):
+        logger.warning("could not look for pending images at start-up", exc_info=True)
+        return
+    for task_id, image_id in pending:
+        await runner.enqueue(PROCESS_IMAGE, task_id, image_id=image_id)
 
 
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> FastAPI:

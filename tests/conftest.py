@@ -30,6 +30,7 @@ from app.database.base import Base
 from app.main import create_app
 from app.stores import Stores
 from tests.redis_server import RedisServer
+from tests.services import CeleryWorker, SmtpServer
 
 ROOT = Path(__file__).resolve().parent.parent
 MODE = os.environ.get("INKWELL_TEST_MODE", "embedded")
@@ -41,6 +42,8 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Short, so a test that kills the worker sees its task delivered again within seconds.
+WORKER_VISIBILITY_TIMEOUT_S = 8
 
 
 def pytest_report_header() -> str:
@@ -130,15 +133,64 @@ def redis_server() -> Iterator[RedisServer | None]:
 
 
 @pytest.fixture(scope="session")
-async def settings(database_url: str, tmp_data: Path, redis_server: RedisServer | None) -> Settings:
-    redis_url = redis_server.url if redis_server else None
-    settings = make_settings(database_url, tmp_data, redis_url=redis_url)
+def smtp_server() -> Iterator[SmtpServer]:
+    """The SMTP server every e-mail of the run goes to, in either mode."""
+    server = SmtpServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def settings(
+    database_url: str,
+    tmp_data: Path,
+    redis_server: RedisServer | None,
+    smtp_server: SmtpServer,
+) -> Settings:
+    services: dict[str, object] = {"smtp_host": "127.0.0.1", "smtp_port": smtp_server.port}
+    if redis_server is not None:
+        services |= {
+            "redis_url": redis_server.url,
+            "celery_broker_url": redis_server.url.removesuffix("/0") + "/1",
+            "celery_visibility_timeout_seconds": WORKER_VISIBILITY_TIMEOUT_S,
+        }
+    settings = make_settings(database_url, tmp_data, **services)
     await asyncio.to_thread(command.upgrade, alembic_config(settings), "head")
     return settings
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as environment variables, for the processes tests start."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if name in ("jwt_secret_key", "db_pass", "smtp_password", "first_admin_password"):
+            secret = getattr(settings, name)
+            value = secret.get_secret_value() if secret else None
+        if value is None:
+            continue
+        env[name.upper()] = ",".join(value) if isinstance(value, list) else str(value)
+    return env
+
+
 @pytest.fixture(scope="session")
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+def celery_worker(settings: Settings, tmp_data: Path) -> Iterator[CeleryWorker | None]:
+    """A real Celery worker process in services mode (None in embedded mode)."""
+    if not settings.celery_broker_url:
+        yield None
+        return
+    worker = CeleryWorker(settings_env(settings), tmp_data / "worker.log")
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings, celery_worker: CeleryWorker | None) -> AsyncIterator[FastAPI]:
     application = create_app(settings, configure_logs=False)
     async with LifespanManager(application):
         yield application
@@ -172,6 +224,7 @@ async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     yield
     if app is None:
         return
+    await app.state.backends.runner.drain()  # background jobs of this test finish first
     if server is not None:
         if server.process is None:  # a test stopped it
             server.start()

@@ -23,7 +23,8 @@ from tests.conftest import (
     postgres_url,
 )
 
-EXPECTED_TABLES = {"user", "auth_session", "post", "tag", "post_tag", "post_like"}
+INITIAL_TABLES = {"user", "auth_session", "post", "tag", "post_tag", "post_like"}
+EXPECTED_TABLES = INITIAL_TABLES | {"image", "task", "email_token"}
 
 
 @pytest.fixture
@@ -59,6 +60,7 @@ async def test_upgrade_downgrade_upgrade_round_trip(scratch: Settings) -> None:
 
     await asyncio.to_thread(command.upgrade, config, "head")
     await asyncio.to_thread(command.downgrade, config, "-1")
+    assert await _tables(scratch) == INITIAL_TABLES
     await asyncio.to_thread(command.upgrade, config, "head")
     assert await _tables(scratch) == EXPECTED_TABLES
 

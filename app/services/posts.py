@@ -135,6 +135,7 @@ async def create(
         updated_at=now,
     )
     post.author = author
+    post.images = []
     post.tags = await _tags_named(db, data.tags)
     db.add(post)
     await db.commit()

@@ -12,12 +12,13 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from celery import Celery, Task
+from celery import Task
 from celery.signals import worker_process_shutdown, worker_ready
 
 from app.config import get_settings
 from app.models import TaskState
 from app.tasks import jobs
+from app.tasks.celery_config import create_celery
 from app.tasks.context import JobContext
 from app.tasks.runner import EMAIL_MAX_RETRIES, retry_delay
 
@@ -25,22 +26,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 settings = get_settings()
-celery_app = Celery("inkwell", broker=settings.celery_broker_url)
-celery_app.conf.update(
-    result_backend=settings.celery_result_backend,
-    task_ignore_result=settings.celery_result_backend is None,
-    task_serializer="json",
-    accept_content=["json"],
-    result_serializer="json",
-    task_default_queue=settings.celery_queue,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    broker_connection_retry_on_startup=True,
-    broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout_seconds},
-    worker_hijack_root_logger=False,
-    enable_utc=True,
-)
+celery_app = create_celery(settings)
 
 # One event loop and one JobContext (engine, Redis pool) per worker process, made on first use
 # so that nothing is shared across the fork.

@@ -60,7 +60,7 @@ async def process_image(ctx: JobContext, task_id: str, image_id: int) -> dict[st
             checked = await anyio.to_thread.run_sync(probe, source, image.format)
             if checked.width * checked.height > ctx.settings.max_image_pixels:
                 raise ImageRejected("The image has too many pixels.")
-            original, variants = await anyio.to_thread.run_sync(
+            variants = await anyio.to_thread.run_sync(
                 process, source, image.format, ctx.media.image_dir(image.storage_key)
             )
         except (ImageRejected, FileNotFoundError) as exc:
@@ -68,12 +68,10 @@ async def process_image(ctx: JobContext, task_id: str, image_id: int) -> dict[st
         image.variants = {
             v.name: v.as_dict(ctx.media.url(image.storage_key, v.filename)) for v in variants
         }
-        image.variants["original"] = {
-            "url": ctx.media.url(image.storage_key, original),
-            "width": checked.width,
-            "height": checked.height,
-            "bytes": (ctx.media.image_dir(image.storage_key) / original).stat().st_size,
-        }
+        image.width, image.height = (
+            image.variants["original"]["width"],
+            image.variants["original"]["height"],
+        )
         return await _finish(ctx, image)
 
 

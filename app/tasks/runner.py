@@ -11,6 +11,7 @@ import anyio.to_thread
 
 from app.config import Settings
 from app.models import TaskState
+from app.tasks.celery_config import create_celery
 from app.tasks.context import JobContext
 from app.tasks.jobs import JOBS, RetryableError, record_state
 
@@ -74,9 +75,7 @@ class CeleryRunner:
     """The services mode: publish to the broker; a Celery worker runs the job."""
 
     def __init__(self, settings: Settings) -> None:
-        from app.tasks.celery_app import celery_app
-
-        self._celery = celery_app
+        self._celery = create_celery(settings)
         self._queue = settings.celery_queue
 
     async def enqueue(self, name: str, task_id: str, **kwargs: Any) -> None:

@@ -4,10 +4,16 @@ Every Redis call goes through `RedisLink.call`: on a connection or timeout error
 marks Redis down for `redis_retry_seconds`, during which callers get their fallback at once
 (no timeout per request), logs one warning per interval, and tries Redis again afterwards, so
 the app returns to Redis without a restart.
+
+What Redis holds may be stale after an outage: writes (invalidations, revocations) made
+meanwhile reached only the database. So the first successful call after an outage bumps the
+global epoch, outdating every cached answer and session check; and a process that missed a
+write probes Redis in the background until it can do that, even if it serves no request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -40,14 +46,17 @@ class RedisLink:
             settings.redis_url,
             socket_timeout=settings.redis_timeout_seconds,
             socket_connect_timeout=settings.redis_timeout_seconds,
-            retry=Retry(NoBackoff(), 0),  # the link decides when to try again
+            # One immediate retry, for a pooled connection that died with a restarted server;
+            # otherwise the link decides when to try again.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             health_check_interval=30,
         )
         self._retry_after = settings.redis_retry_seconds
         self._down_until = 0.0
         self._last_warning = 0.0
-        # Set when a write (an invalidation, a revocation) could not reach Redis; see `call`.
-        self._missed_writes = False
+        # Set by an outage; cleared once the epoch has been bumped after it.
+        self._stale = False
+        self._probe: asyncio.Task[None] | None = None
 
     @property
     def available(self) -> bool:
@@ -57,31 +66,53 @@ class RedisLink:
         self, operation: Callable[[Redis], Awaitable[T]], fallback: T, *, write: bool = False
     ) -> T:
         if not self.available:
-            self._missed_writes |= write
+            self._missed(write)
             return fallback
         try:
-            if self._missed_writes:
-                await self.client.incr(EPOCH_KEY)
-                self._missed_writes = False
-                logger.warning("redis is reachable again; cached entries were invalidated")
+            if self._stale:
+                await self._outdate_everything()
             return await operation(self.client)
         except UNAVAILABLE as exc:
             self._mark_down(exc)
-            self._missed_writes |= write
+            self._missed(write)
             return fallback
         except RedisError as exc:  # a bug or a misconfigured server, not an outage
             logger.error("redis command failed", extra={"error": repr(exc)})
-            self._missed_writes |= write
+            self._stale = True
+            self._missed(write)
             return fallback
+
+    def _missed(self, write: bool) -> None:
+        if write and (self._probe is None or self._probe.done()):
+            self._probe = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Bump the epoch as soon as Redis answers again, request or no request."""
+        while self._stale:
+            await asyncio.sleep(max(self._retry_after, 0.05))
+            if not self.available:
+                continue
+            try:
+                await self._outdate_everything()
+            except (*UNAVAILABLE, RedisError) as exc:
+                self._mark_down(exc)
+
+    async def _outdate_everything(self) -> None:
+        await self.client.incr(EPOCH_KEY)
+        self._stale = False
+        logger.warning("redis is reachable again; cached entries were invalidated")
 
     async def ping(self) -> bool:
         try:
+            if self._stale:
+                await self._outdate_everything()
             return bool(await self.client.ping())
         except (*UNAVAILABLE, RedisError) as exc:
             self._mark_down(exc)
             return False
 
     def _mark_down(self, exc: BaseException) -> None:
+        self._stale = True
         now = time.monotonic()
         self._down_until = now + self._retry_after
         if now - self._last_warning >= WARNING_INTERVAL_SECONDS:
@@ -92,4 +123,6 @@ class RedisLink:
             )
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         await self.client.aclose()

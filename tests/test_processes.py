@@ -1,0 +1,417 @@
+"""Two real API processes (uvicorn on two ports) sharing one database and one Redis, as a
+scaled-out deployment runs: what one process does, the other sees on the next request.
+Services mode only."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.models import AuthSession, Post, PostLike
+from app.stores.link import RedisLink
+from tests.conftest import ROOT, SERVICES
+from tests.factories import PASSWORD, Account, create_post, login, register
+from tests.redis_server import RedisServer, free_port
+
+pytestmark = pytest.mark.skipif(not SERVICES, reason="needs PostgreSQL and Redis (services mode)")
+
+STARTUP_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass
+class ApiProcess:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def start_api(name: str, settings: Settings, redis_url: str, log: Path) -> ApiProcess:
+    port = free_port()
+    assert settings.jwt_secret_key is not None
+    env = {
+        **os.environ,
+        "DATABASE_URL": str(settings.database_url),
+        "REDIS_URL": redis_url,
+        "DATA_DIR": str(settings.data_dir),
+        "JWT_SECRET_KEY": settings.jwt_secret_key.get_secret_value(),
+        "ARGON2_MEMORY_KIB": "1024",
+        "ARGON2_TIME_COST": "1",
+        "ENVIRONMENT": "test",
+        "REDIS_RETRY_SECONDS": str(settings.redis_retry_seconds),
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(  # noqa: S603 - our own fixed arguments
+            [sys.executable, "-m", "app", "run", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return ApiProcess(name, port, process, log)
+
+
+def wait_until_healthy(api: ApiProcess) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if api.process.poll() is not None:
+            raise RuntimeError(f"API {api.name} exited at start-up:\n{api.output()}")
+        try:
+            if httpx.get(f"{api.url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"API {api.name} did not answer /health in time:\n{api.output()}")
+
+
+def stop_api(api: ApiProcess) -> None:
+    if api.process.poll() is None:
+        api.process.terminate()
+        try:
+            api.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            api.process.kill()
+            api.process.wait(timeout=STOP_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def apis(
+    settings: Settings,
+    redis_server: RedisServer | None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ApiProcess, ApiProcess]]:
+    assert redis_server is not None, "services mode starts a redis-server"
+    logs = tmp_path_factory.mktemp("api-logs")
+    started: list[ApiProcess] = []
+    try:
+        for name in ("a", "b"):
+            started.append(start_api(name, settings, redis_server.url, logs / f"{name}.log"))
+        for api in started:
+            wait_until_healthy(api)
+        yield started[0], started[1]
+    finally:
+        for api in started:
+            stop_api(api)
+
+
+@pytest.fixture
+async def a(
+    apis: tuple[ApiProcess, ApiProcess], db: AsyncSession
+) -> AsyncIterator[httpx.AsyncClient]:
+    # `db` brings in the app fixture, so the suite's per-test clean-up truncates the tables
+    # and flushes Redis after each test here too.
+    async with httpx.AsyncClient(base_url=apis[0].url, timeout=REQUEST_TIMEOUT_S) as client:
+        yield client
+
+
+@pytest.fixture
+async def b(apis: tuple[ApiProcess, ApiProcess]) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=apis[1].url, timeout=REQUEST_TIMEOUT_S) as client:
+        yield client
+
+
+@pytest.fixture
+async def server(redis_server: RedisServer | None, app: FastAPI) -> AsyncIterator[RedisServer]:
+    """The Redis a test disrupts; afterwards the suite's own app is back on a running Redis,
+    with no connection left from before a restart, so the next tests find it as usual."""
+    assert redis_server is not None
+    yield redis_server
+    if redis_server.process is None:
+        redis_server.start()
+    link: RedisLink = app.state.stores.redis
+    await link.client.connection_pool.disconnect()
+    deadline = time.monotonic() + 10
+    while not (link.available and await link.call(lambda r: r.ping(), False)):
+        assert time.monotonic() < deadline, "the app did not return to Redis"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def redis(server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def session_id(access_token: str) -> uuid.UUID:
+    payload = access_token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return uuid.UUID(claims["sid"])
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def get_post(client: httpx.AsyncClient, post_id: int, **kwargs: Any) -> dict[str, Any]:
+    response = await client.get(f"/api/posts/{post_id}", **kwargs)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+@asynccontextmanager
+async def redis_paused(server: RedisServer, *clients: httpx.AsyncClient) -> AsyncIterator[None]:
+    """Redis unreachable but keeping its data (SIGSTOP); every process has found it gone (its
+    readiness ping timed out) before the block runs."""
+    assert server.process is not None
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        for client in clients:
+            ready = await client.get("/health/ready")
+            assert ready.json()["checks"]["redis"] == "unavailable"
+        yield
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+
+
+# --- the next request on the other process -----------------------------------------------------
+
+
+async def test_edit_on_one_process_is_read_on_the_other_at_once(
+    a: httpx.AsyncClient, b: httpx.AsyncClient, db: AsyncSession, redis: Redis
+) -> None:
+    alice = await register(a, "alice")
+    post = await create_post(a, alice, title="First version")
+    for _ in range(2):  # cached by B, for anonymous readers and for alice
+        assert (await get_post(b, post["id"]))["title"] == "First version"
+        assert (await get_post(b, post["id"], headers=alice.headers))["title"] == "First version"
+    assert (await b.get("/api/posts")).json()["items"][0]["title"] == "First version"
+    assert [k async for k in redis.scan_iter(match=f"ink:post:{post['id']}:*")]
+
+    patched = await a.patch(
+        f"/api/posts/{post['id']}", json={"title": "Second version"}, headers=alice.headers
+    )
+    assert patched.status_code == 200, patched.text
+
+    assert (await get_post(b, post["id"]))["title"] == "Second version"
+    assert (await get_post(b, post["id"], headers=alice.headers))["title"] == "Second version"
+    assert (await b.get("/api/posts")).json()["items"][0]["title"] == "Second version"
+    stored = await db.get(Post, post["id"])
+    assert stored is not None
+    assert stored.title == "Second version"
+
+
+async def test_post_deleted_on_one_process_is_404_on_the_other_at_once(
+    a: httpx.AsyncClient, b: httpx.AsyncClient
+) -> None:
+    alice = await register(a, "alice")
+    post = await create_post(a, alice)
+    await get_post(b, post["id"])
+    assert (await b.get("/api/posts")).json()["total"] == 1
+
+    deleted = await a.delete(f"/api/posts/{post['id']}", headers=alice.headers)
+    assert deleted.status_code == 204
+
+    assert (await b.get(f"/api/posts/{post['id']}")).status_code == 404
+    assert (await b.get("/api/posts")).json()["total"] == 0
+
+
+async def test_logout_on_one_process_rejects_the_access_token_on_the_other(
+    a: httpx.AsyncClient, b: httpx.AsyncClient, db: AsyncSession, redis: Redis
+) -> None:
+    alice = await register(a, "alice")
+    other = await login(b, "alice")
+    for _ in range(2):  # B has checked both sessions and remembers them as live
+        assert (await b.get("/api/users/me", headers=alice.headers)).status_code == 200
+        assert (
+            await b.get("/api/users/me", headers=bearer(other["access_token"]))
+        ).status_code == 200
+    assert await redis.exists(f"ink:session:{session_id(alice.access_token)}")
+
+    revoked = await a.post("/api/token/revoke", json={"refresh_token": alice.refresh_token})
+    assert revoked.status_code == 204
+
+    response = await b.get("/api/users/me", headers=alice.headers)
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert (await a.get("/api/users/me", headers=alice.headers)).status_code == 401
+    assert (await b.get("/api/users/me", headers=bearer(other["access_token"]))).status_code == 200
+    live = await db.scalar(
+        select(func.count()).select_from(AuthSession).where(AuthSession.revoked_at.is_(None))
+    )
+    assert live == 1
+
+
+async def test_password_change_on_one_process_ends_the_other_sessions_on_the_other(
+    a: httpx.AsyncClient, b: httpx.AsyncClient
+) -> None:
+    alice = await register(a, "alice")  # session 1, used on A
+    second = await login(b, "alice")  # session 2, used on B
+    for _ in range(2):
+        assert (await a.get("/api/users/me", headers=alice.headers)).status_code == 200
+
+    changed = await b.post(
+        "/api/users/me/password",
+        json={"current_password": PASSWORD, "new_password": "a brand new password"},
+        headers=bearer(second["access_token"]),
+    )
+    assert changed.status_code == 204, changed.text
+
+    assert (await a.get("/api/users/me", headers=alice.headers)).status_code == 401
+    refreshed = await a.post("/api/token/refresh", json={"refresh_token": alice.refresh_token})
+    assert refreshed.status_code == 401
+    assert (await a.get("/api/users/me", headers=bearer(second["access_token"]))).status_code == 200
+    assert (await b.get("/api/users/me", headers=bearer(second["access_token"]))).status_code == 200
+
+
+async def test_likes_from_many_users_over_both_processes_all_count(
+    a: httpx.AsyncClient, b: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    clients = (a, b)
+    alice = await register(a, "alice")
+    post = await create_post(a, alice)
+    await get_post(a, post["id"])
+    await get_post(b, post["id"])  # both cached with 0 likes
+
+    # Each registration from its own address (uvicorn trusts X-Forwarded-For from 127.0.0.1),
+    # so the shared per-IP registration limit is not what this test measures.
+    async def signup(n: int) -> Account:
+        client = clients[n % 2]
+        response = await client.post(
+            "/api/users",
+            json={"username": f"fan{n}", "email": f"fan{n}@example.com", "password": PASSWORD},
+            headers={"X-Forwarded-For": f"10.0.0.{n + 1}"},
+        )
+        assert response.status_code == 201, response.text
+        body = response.json()
+        return Account(
+            body["user"]["id"],
+            f"fan{n}",
+            f"fan{n}@example.com",
+            PASSWORD,
+            body["tokens"]["access_token"],
+            body["tokens"]["refresh_token"],
+        )
+
+    fans = await asyncio.gather(*(signup(n) for n in range(20)))
+    likes = await asyncio.gather(
+        *(
+            clients[n % 2].put(f"/api/posts/{post['id']}/like", headers=fan.headers)
+            for n, fan in enumerate(fans)
+        )
+    )
+    assert [r.status_code for r in likes] == [204] * 20
+
+    assert (await get_post(a, post["id"]))["likes"] == 20
+    assert (await get_post(b, post["id"]))["likes"] == 20
+    assert (await get_post(b, post["id"], headers=fans[0].headers))["liked_by_me"] is True
+    stored = await db.get(Post, post["id"])
+    assert stored is not None
+    assert stored.likes == 20
+    rows = await db.scalar(select(func.count()).select_from(PostLike))
+    assert rows == 20
+
+
+async def test_login_rate_limit_is_shared_by_both_processes(
+    a: httpx.AsyncClient, b: httpx.AsyncClient
+) -> None:
+    await register(a, "alice")
+    credentials = {"username": "alice", "password": PASSWORD}
+    for n in range(10):  # the limit is 10 a minute per client address, counted in Redis
+        response = await (a, b)[n % 2].post("/api/token", json=credentials)
+        assert response.status_code == 200, (n, response.text)
+    for client in (a, b):
+        response = await client.post("/api/token", json=credentials)
+        assert response.status_code == 429, response.text
+        assert int(response.headers["retry-after"]) >= 1
+
+
+# --- Redis unreachable while both processes serve -----------------------------------------
+
+
+async def test_logout_while_redis_was_unreachable_stays_effective_on_the_other_process(
+    a: httpx.AsyncClient,
+    b: httpx.AsyncClient,
+    server: RedisServer,
+    settings: Settings,
+    redis: Redis,
+) -> None:
+    # Redis paused, not killed: it returns still holding B's "this session is live" entry.
+    # Only A missed a write (the revocation); B must not trust that entry when Redis returns.
+    alice = await register(a, "alice")
+    for _ in range(2):
+        assert (await b.get("/api/users/me", headers=alice.headers)).status_code == 200
+    assert await redis.exists(f"ink:session:{session_id(alice.access_token)}")
+
+    async with redis_paused(server, a, b):
+        revoked = await a.post("/api/token/revoke", json={"refresh_token": alice.refresh_token})
+        assert revoked.status_code == 204
+        assert (await b.get("/api/users/me", headers=alice.headers)).status_code == 401
+
+    await asyncio.sleep(settings.redis_retry_seconds + 0.3)
+    response = await b.get("/api/users/me", headers=alice.headers)  # B first: A has not been back
+    assert response.status_code == 401, "a revoked token became valid again when Redis returned"
+
+
+async def test_edit_while_redis_was_unreachable_is_read_on_the_other_process(
+    a: httpx.AsyncClient,
+    b: httpx.AsyncClient,
+    server: RedisServer,
+    settings: Settings,
+    redis: Redis,
+) -> None:
+    alice = await register(a, "alice")
+    post = await create_post(a, alice, title="Before")
+    assert (await get_post(b, post["id"]))["title"] == "Before"  # cached by B
+    assert [k async for k in redis.scan_iter(match=f"ink:post:{post['id']}:*")]
+
+    async with redis_paused(server, a, b):
+        patched = await a.patch(
+            f"/api/posts/{post['id']}", json={"title": "After"}, headers=alice.headers
+        )
+        assert patched.status_code == 200
+        assert (await get_post(b, post["id"]))["title"] == "After"
+
+    await asyncio.sleep(settings.redis_retry_seconds + 0.3)
+    assert (await get_post(b, post["id"]))["title"] == "After", "stale cache after the outage"
+
+
+async def test_logout_while_redis_is_killed_is_seen_by_the_other_process(
+    a: httpx.AsyncClient, b: httpx.AsyncClient, server: RedisServer, settings: Settings
+) -> None:
+    alice = await register(a, "alice")
+    for _ in range(2):
+        assert (await b.get("/api/users/me", headers=alice.headers)).status_code == 200
+    server.stop()
+
+    revoked = await a.post("/api/token/revoke", json={"refresh_token": alice.refresh_token})
+    assert revoked.status_code == 204
+    assert (await b.get("/api/users/me", headers=alice.headers)).status_code == 401
+
+    server.start()
+    await asyncio.sleep(settings.redis_retry_seconds + 0.3)
+    for client in (b, a, b):
+        assert (await client.get("/api/users/me", headers=alice.headers)).status_code == 401

@@ -33,8 +33,8 @@ class Settings(BaseSettings):
     db_user: str = "postgres"
     db_pass: SecretStr = SecretStr("")
     db_name: str = "inkwell"
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=20, ge=0)
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
     db_echo: bool = False
 
     # Tokens

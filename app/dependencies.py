@@ -29,22 +29,22 @@ _bearer = OAuth2PasswordBearer(
 )
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_stores(request: Request) -> Stores:
+async def get_stores(request: Request) -> Stores:
     stores: Stores = request.app.state.stores
     return stores
 
 
-def get_backends(request: Request) -> Backends:
+async def get_backends(request: Request) -> Backends:
     backends: Backends = request.app.state.backends
     return backends
 
 
-def get_security(request: Request) -> Security:
+async def get_security(request: Request) -> Security:
     security: Security = request.app.state.security
     return security
 
@@ -54,7 +54,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_client(request: Request) -> Client:
+async def get_client(request: Request) -> Client:
     return Client(
         user_agent=request.headers.get("user-agent", ""),
         ip=request.client.host if request.client else "",
@@ -70,12 +70,12 @@ ClientDep = Annotated[Client, Depends(get_client)]
 BearerToken = Annotated[str | None, Depends(_bearer)]
 
 
-async def optional_principal(
-    token: BearerToken, db: DbSession, security: SecurityDep, stores: StoresDep
-) -> auth.Principal | None:
+async def optional_principal(token: BearerToken, backends: BackendsDep) -> auth.Principal | None:
     if token is None:
         return None
-    return await auth.principal(db, security, stores.sessions, token)
+    return await auth.principal(
+        backends.read_sessions, backends.security, backends.stores.sessions, token
+    )
 
 
 async def current_principal(
@@ -100,7 +100,7 @@ async def current_user(principal: CurrentPrincipal, db: DbSession) -> User:
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
-def admin_principal(principal: CurrentPrincipal) -> auth.Principal:
+async def admin_principal(principal: CurrentPrincipal) -> auth.Principal:
     if not principal.is_admin:
         raise AdminRequired
     return principal

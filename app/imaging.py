@@ -123,8 +123,8 @@ def _draft_size(size: tuple[int, int]) -> tuple[int, int]:
 
 def _variants(im: Image.Image, out_dir: Path) -> list[Variant]:
     im = _webp_mode(im)
-    large = _fit_width(im, LARGE_WIDTH)
-    medium = _fit_width(large, MEDIUM_WIDTH)
+    large = _fit_width(im, LARGE_WIDTH, im.size)
+    medium = _fit_width(large, MEDIUM_WIDTH, im.size)  # resampled from large: cheaper
     thumb = _centre_crop(im, THUMB_SIZE)
     return [_write_webp(name, image, out_dir) for name, image in
             (("large", large), ("medium", medium), ("thumb", thumb))]  # fmt: skip
@@ -140,11 +140,11 @@ def _centre_crop(im: Image.Image, size: tuple[int, int]) -> Image.Image:
     return im.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
 
 
-def _fit_width(im: Image.Image, width: int) -> Image.Image:
-    """Scale to `width` keeping the aspect ratio; never upscale."""
+def _fit_width(im: Image.Image, width: int, original: tuple[int, int]) -> Image.Image:
+    """Scale to `width` keeping the original's aspect ratio; never upscale."""
     if im.width <= width:
         return im
-    height = max(1, round(im.height * width / im.width))
+    height = max(1, round(original[1] * width / original[0]))
     return im.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 

@@ -12,7 +12,11 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import Settings, get_settings
-from app.database.session import create_engine, create_session_factory
+from app.database.session import (
+    create_engine,
+    create_read_session_factory,
+    create_session_factory,
+)
 from app.errors import install_error_handlers
 from app.logging_setup import configure_logging
 from app.mail import build_mailer
@@ -53,12 +57,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = create_engine(settings)
     app.state.engine = engine
     app.state.session_factory = create_session_factory(engine)
+    app.state.read_session_factory = create_read_session_factory(engine)
     app.state.security = Security.from_settings(settings)
     stores = app.state.stores = Stores.from_settings(settings)
     media = LocalMedia(settings)
     jobs = JobContext(settings, app.state.session_factory, stores, media, build_mailer(settings))
     runner = build_runner(settings, jobs)
-    app.state.backends = Backends(settings, stores, media, runner)
+    app.state.backends = Backends(
+        settings, stores, media, runner, app.state.security, app.state.read_session_factory
+    )
     await _requeue_pending_images(jobs, runner)
     if settings.first_admin_email and settings.first_admin_password:
         async with app.state.session_factory() as db:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from app.errors import InvalidToken, TokenExpired
 
 TokenType = Literal["access", "refresh"]
 MAX_ID = 2**63 - 1  # ids are BIGINT
+VERIFIED_CACHE_SIZE = 10_000
 
 
 class Passwords:
@@ -82,6 +84,7 @@ class Tokens:
         self._audience = settings.jwt_audience
         self.access_ttl = timedelta(minutes=settings.access_token_expire_minutes)
         self.refresh_ttl = timedelta(days=settings.refresh_token_expire_days)
+        self._verified: dict[str, TokenClaims] = {}
 
     def issue(
         self,
@@ -107,7 +110,25 @@ class Tokens:
         return IssuedToken(jwt.encode(payload, self._signing_key, self._algorithm), claims)
 
     def decode(self, token: str, expected_type: TokenType | None) -> TokenClaims:
-        """Check signature, algorithm, expiry, issuer, audience and type (None: either type)."""
+        """Check signature, algorithm, expiry, issuer, audience and type (None: either type).
+
+        A token verified before is found in a small cache keyed by the whole token, signature
+        included, so only its expiry and type are checked again; PyJWT's checks cost more than
+        the rest of a cached read.
+        """
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify(token)
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.pop(next(iter(self._verified)))  # the oldest entry
+            self._verified[token] = claims
+        if claims.expires_at.timestamp() <= time.time():
+            raise TokenExpired
+        if expected_type and claims.type != expected_type:
+            raise InvalidToken(f"Wrong token type: expected {expected_type}.")
+        return claims
+
+    def _verify(self, token: str) -> TokenClaims:
         try:
             payload: dict[str, Any] = jwt.decode(
                 token,
@@ -122,10 +143,8 @@ class Tokens:
         except jwt.InvalidTokenError as exc:
             raise InvalidToken from exc
         type_ = payload["type"]
-        if type_ not in ("access", "refresh") or (expected_type and type_ != expected_type):
-            raise InvalidToken(
-                f"Wrong token type: expected {expected_type or 'access or refresh'}."
-            )
+        if type_ not in ("access", "refresh"):
+            raise InvalidToken("Unknown token type.")
         try:
             user_id = int(payload["sub"])
             if not 0 < user_id <= MAX_ID:

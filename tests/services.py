@@ -81,6 +81,7 @@ class CeleryWorker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, pool: str = "prefork") -> None:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: S603 - our own command
             [sys.executable, "-m", "app", "worker",
@@ -90,8 +91,10 @@ class CeleryWorker:
         )  # fmt: skip
         deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            if " ready." in self.log_path.read_text(errors="replace"):
-                return
+            with self.log_path.open("rb") as written:
+                written.seek(offset)
+                if b" ready." in written.read():
+                    return
             if self.process.poll() is not None:
                 break
             time.sleep(0.1)

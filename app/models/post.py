@@ -61,7 +61,7 @@ class Post(Base):
     author: Mapped[User] = relationship(lazy="raise")
     tags: Mapped[list[Tag]] = relationship(secondary=post_tag, lazy="raise", order_by=Tag.name)
     images: Mapped[list[Image]] = relationship(
-        lazy="raise", order_by=Image.id, passive_deletes=True
+        lazy="raise", order_by=Image.id, cascade="all, delete-orphan", passive_deletes=True
     )
 
 

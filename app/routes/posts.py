@@ -55,9 +55,9 @@ async def create_post(
     responses=problem_responses(401, 422),
 )
 async def list_posts(
-    query: PostQueryDep, viewer: OptionalPrincipal, db: DbSession, stores: StoresDep
+    query: PostQueryDep, viewer: OptionalPrincipal, backends: BackendsDep
 ) -> Response:
-    body = await posts.list_json(db, stores.cache, query, viewer)
+    body = await posts.list_json(backends.read_sessions, backends.stores.cache, query, viewer)
     return Response(body, media_type="application/json")
 
 
@@ -72,11 +72,10 @@ async def list_posts(
 async def read_post(
     post_id: PostId,
     viewer: OptionalPrincipal,
-    db: DbSession,
-    stores: StoresDep,
+    backends: BackendsDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    body = await posts.read_json(db, stores.cache, post_id, viewer)
+    body = await posts.read_json(backends.read_sessions, backends.stores.cache, post_id, viewer)
     return conditional_json(body, if_none_match)
 
 

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database.types import utcnow
 from app.errors import (
@@ -162,11 +162,15 @@ async def verify(db: AsyncSession, security: Security, token: str) -> None:
 
 
 async def principal(
-    db: AsyncSession, security: Security, sessions: SessionCache, access_token: str
+    read_sessions: async_sessionmaker[AsyncSession],
+    security: Security,
+    sessions: SessionCache,
+    access_token: str,
 ) -> Principal:
     """The caller behind an access token, whose session must still be live.
 
-    With Redis the answer usually comes from the session cache; otherwise one primary-key join.
+    With Redis the answer usually comes from the session cache; otherwise one primary-key join,
+    in a session opened only then.
     """
     claims = security.tokens.decode(access_token, "access")
     lookup = await sessions.lookup(claims.session_id, claims.user_id)
@@ -174,13 +178,14 @@ async def principal(
         raise TokenRevoked
     if lookup.hit is not None:
         return Principal(claims.user_id, claims.session_id, lookup.hit.role)
-    row = (
-        await db.execute(
-            select(User.role, User.is_active, AuthSession)
-            .join(AuthSession, AuthSession.user_id == User.id)
-            .where(User.id == claims.user_id, AuthSession.id == claims.session_id)
-        )
-    ).first()
+    async with read_sessions() as db:
+        row = (
+            await db.execute(
+                select(User.role, User.is_active, AuthSession)
+                .join(AuthSession, AuthSession.user_id == User.id)
+                .where(User.id == claims.user_id, AuthSession.id == claims.session_id)
+            )
+        ).first()
     if row is None or not _is_live(row[2], claims):
         raise TokenRevoked
     role, is_active = row[0], row[1]

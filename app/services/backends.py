@@ -2,18 +2,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from app.config import Settings
 from app.media import LocalMedia
+from app.services.security import Security
 from app.stores import Stores
 from app.tasks.runner import TaskRunner
 
 
 @dataclass(frozen=True, slots=True)
 class Backends:
-    """The pluggable parts a service may need beside the database, chosen once at start-up:
-    stores (cache, sessions, limits), media storage and the task runner."""
+    """What services may need beside the request's database session, built once at start-up:
+    the stores (cache, sessions, limits), media storage, the task runner, the password and token
+    primitives, and autocommit sessions for reads that may not touch the database at all."""
 
     settings: Settings
     stores: Stores
     media: LocalMedia
     runner: TaskRunner
+    security: Security
+    read_sessions: async_sessionmaker[AsyncSession]

@@ -6,8 +6,8 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Select, delete, exists, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, Select, delete, exists, false, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import joinedload, selectinload
 
 from app.config import Settings
@@ -90,26 +90,52 @@ def ensure_can_edit(post: Post, user: Viewer) -> Post:
     return post
 
 
-async def read_json(db: AsyncSession, cache: Cache, post_id: int, viewer: Viewer | None) -> bytes:
-    """The post as this viewer sees it, as JSON, from the cache when it is fresh."""
+async def read_json(
+    read_sessions: async_sessionmaker[AsyncSession],
+    cache: Cache,
+    post_id: int,
+    viewer: Viewer | None,
+) -> bytes:
+    """The post as this viewer sees it, as JSON: from the cache when it is fresh, otherwise
+    from one query (post, author, tags, images and the viewer's like together)."""
     lookup = await cache.read(post_slot(post_id, _viewer_key(viewer)))
     if lookup.value is not None:
         return lookup.value
-    post = await get_visible(db, post_id, viewer)
-    body = (await get_out(db, post, viewer)).model_dump_json().encode()
+    liked = (
+        exists().where(PostLike.post_id == Post.id, PostLike.user_id == viewer.id)
+        if viewer is not None
+        else false()
+    )
+    stmt = (
+        select(Post, liked)
+        .options(joinedload(Post.author), joinedload(Post.tags), joinedload(Post.images))
+        .where(Post.id == post_id)
+    )
+    if (visible := _visible_to(viewer)) is not None:
+        stmt = stmt.where(visible)
+    async with read_sessions() as db:
+        row = (await db.execute(stmt)).unique().first()
+    if row is None:
+        raise PostNotFound
+    body = to_out(row[0], liked=bool(row[1])).model_dump_json().encode()
     await cache.write(lookup, body)
     return body
 
 
 async def list_json(
-    db: AsyncSession, cache: Cache, query: PostQuery, viewer: Viewer | None
+    read_sessions: async_sessionmaker[AsyncSession],
+    cache: Cache,
+    query: PostQuery,
+    viewer: Viewer | None,
 ) -> bytes:
     """One page of posts as JSON, from the cache when it is fresh."""
     query_key = hashlib.blake2b(query.model_dump_json().encode(), digest_size=12).hexdigest()
     lookup = await cache.read(list_slot(query_key, _viewer_key(viewer)))
     if lookup.value is not None:
         return lookup.value
-    body = (await list_posts(db, query, viewer)).model_dump_json().encode()
+    async with read_sessions() as db:
+        page = await list_posts(db, query, viewer)
+    body = page.model_dump_json().encode()
     await cache.write(lookup, body)
     return body
 

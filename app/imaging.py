@@ -22,7 +22,7 @@ LARGE_WIDTH = 1280
 MEDIUM_WIDTH = 640
 THUMB_SIZE = (200, 200)
 WEBP_QUALITY = 82
-WEBP_METHOD = 4
+WEBP_METHOD = 2  # 4 (the default) costs ~100 ms more a 12 MP photo for 2-4 % smaller files
 JPEG_QUALITY = 90
 
 
@@ -79,30 +79,34 @@ def process(source: Path, format_: str, out_dir: Path) -> list[Variant]:
     """Check the image again, apply its EXIF orientation, drop all metadata, and write the
     cleaned original and the `large`, `medium` and `thumb` WebP variants into `out_dir`.
 
-    JPEGs are decoded once, at the smallest scale the largest variant allows (Pillow's
-    `draft`), and their original is cleaned by dropping metadata segments, without re-encoding,
-    unless its orientation must be applied. Returns the cleaned original and the variants.
+    Upright JPEGs and PNGs keep their original's encoded data: only the metadata segments or
+    chunks are dropped, with no re-encoding and no quality lost. JPEG variants come from one
+    decode at the smallest scale the largest variant allows (Pillow's `draft`). Only an image
+    whose orientation must be applied is re-encoded. Returns the original and the variants.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    extension = FORMATS[format_]
-    original_name = f"original.{extension}"
+    original_name = f"original.{FORMATS[format_]}"
     try:
         with Image.open(source, formats=[format_]) as im:
             orientation = im.getexif().get(0x0112, 1)
-            size = im.size
-            if format_ == "JPEG" and orientation == 1:
-                cleaned = strip_jpeg_metadata(source.read_bytes())
-                im.draft(im.mode, _draft_size(im.size))
-                im.load()
-                upright: Image.Image = im
-            else:
-                im.load()
-                upright = ImageOps.exif_transpose(im)
-                size = upright.size
-                cleaned = _encode_original(upright, format_)
+            stripper = _STRIPPERS.get(format_) if orientation == 1 else None
+            if stripper is not None:
+                cleaned, size = stripper(source.read_bytes()), im.size
+            elif format_ == "JPEG":  # the original needs every pixel, rotated
+                with Image.open(source, formats=[format_]) as full:
+                    full.load()
+                    upright_original = ImageOps.exif_transpose(full)
+                    cleaned = _encode_original(upright_original, format_)
+                    size = upright_original.size
+            if format_ == "JPEG":
+                im.draft(im.mode, _draft_size(im.size, rotated=orientation in _QUARTER_TURNS))
+            im.load()
+            upright: Image.Image = ImageOps.exif_transpose(im)
+            if stripper is None and format_ != "JPEG":
+                cleaned, size = _encode_original(upright, format_), upright.size
             _write_atomic(out_dir / original_name, cleaned)
             original = Variant("original", original_name, *size, len(cleaned))
-            variants = [original, *_variants(upright, out_dir)]
+            variants = [original, *_variants(upright, size, out_dir)]
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:
@@ -112,19 +116,23 @@ def process(source: Path, format_: str, out_dir: Path) -> list[Variant]:
     return variants
 
 
-def _draft_size(size: tuple[int, int]) -> tuple[int, int]:
-    # JPEG can decode at 1/2, 1/4 or 1/8 scale; ask for no less than the largest variant needs
-    # (a 1280 px width, and a 200 px square).
-    width, height = size
+_QUARTER_TURNS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def _draft_size(size: tuple[int, int], rotated: bool) -> tuple[int, int]:
+    """The smallest decode size the variants allow: JPEG can decode at 1/2, 1/4 or 1/8 scale,
+    and the upright image must keep a 1280 px width (or all it has) and a 200 px square."""
+    width, height = (size[1], size[0]) if rotated else size
     target_width = min(width, LARGE_WIDTH)
-    scale = target_width / width
-    return target_width, max(THUMB_SIZE[1], round(height * scale))
+    target = (target_width, max(min(THUMB_SIZE[1], height), round(height * target_width / width)))
+    return (target[1], target[0]) if rotated else target
 
 
-def _variants(im: Image.Image, out_dir: Path) -> list[Variant]:
+def _variants(im: Image.Image, original: tuple[int, int], out_dir: Path) -> list[Variant]:
+    """The WebP variants, sized from the `original` dimensions (`im` may be a reduced decode)."""
     im = _webp_mode(im)
-    large = _fit_width(im, LARGE_WIDTH, im.size)
-    medium = _fit_width(large, MEDIUM_WIDTH, im.size)  # resampled from large: cheaper
+    large = _fit_width(im, LARGE_WIDTH, original)
+    medium = _fit_width(large, MEDIUM_WIDTH, original)  # resampled from large: cheaper
     thumb = _centre_crop(im, THUMB_SIZE)
     return [_write_webp(name, image, out_dir) for name, image in
             (("large", large), ("medium", medium), ("thumb", thumb))]  # fmt: skip
@@ -142,9 +150,12 @@ def _centre_crop(im: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def _fit_width(im: Image.Image, width: int, original: tuple[int, int]) -> Image.Image:
     """Scale to `width` keeping the original's aspect ratio; never upscale."""
-    if im.width <= width:
+    if original[0] <= width and im.size == original:
         return im
+    width = min(width, original[0])
     height = max(1, round(original[1] * width / original[0]))
+    if im.size == (width, height):
+        return im
     return im.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
@@ -173,7 +184,7 @@ def _encode_original(im: Image.Image, format_: str) -> bytes:
     if format_ == "JPEG":
         if im.mode not in ("RGB", "L", "CMYK"):
             im = im.convert("RGB")
-        options |= {"quality": JPEG_QUALITY, "optimize": True}
+        options |= {"quality": JPEG_QUALITY}
     elif format_ == "WEBP":
         options |= {"quality": JPEG_QUALITY}
     elif format_ == "GIF" and "transparency" in im.info:
@@ -213,6 +224,35 @@ def strip_jpeg_metadata(data: bytes) -> bytes:
             out += data[i : i + 2 + length]
         i += 2 + length
     raise ImageRejected("JPEG has no image data.")
+
+
+# PNG chunks that carry metadata: text, EXIF and the modification time. Colour chunks (iCCP,
+# sRGB, gAMA, cHRM) and the pixel density stay.
+_DROPPED_PNG_CHUNKS = {b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def strip_png_metadata(data: bytes) -> bytes:
+    """The same PNG without its metadata chunks; the image data is copied untouched."""
+    if not data.startswith(_PNG_SIGNATURE):
+        raise ImageRejected("Not a PNG file.")
+    out = bytearray(_PNG_SIGNATURE)
+    i = len(_PNG_SIGNATURE)
+    while i + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[i : i + 4])
+        kind = data[i + 4 : i + 8]
+        end = i + 12 + length
+        if end > len(data):
+            raise ImageRejected("Truncated PNG chunk.")
+        if kind not in _DROPPED_PNG_CHUNKS:
+            out += data[i:end]
+        i = end
+        if kind == b"IEND":
+            return bytes(out)
+    raise ImageRejected("PNG has no end.")
+
+
+_STRIPPERS = {"JPEG": strip_jpeg_metadata, "PNG": strip_png_metadata}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -42,6 +43,16 @@ def _run(make: Any) -> Any:
         _ctx = JobContext.for_worker(settings)
     coroutine: Coroutine[Any, Any, Any] = make(_ctx)
     return _loop.run(coroutine)
+
+
+def _forget_parent_state() -> None:
+    # A pool child forked after the main process used its loop (the start-up sweep) must not
+    # share that loop's sockets: it builds its own on first use.
+    global _loop, _ctx
+    _loop, _ctx = None, None
+
+
+os.register_at_fork(after_in_child=_forget_parent_state)
 
 
 @worker_process_shutdown.connect

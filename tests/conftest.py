@@ -133,6 +133,21 @@ def redis_server() -> Iterator[RedisServer | None]:
 
 
 @pytest.fixture(scope="session")
+def broker_server() -> Iterator[RedisServer | None]:
+    """The Celery broker in services mode: a redis-server of its own, so that the tests that
+    kill the cache's Redis do not take the worker's broker down with it."""
+    if not SERVICES:
+        yield None
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def smtp_server() -> Iterator[SmtpServer]:
     """The SMTP server every e-mail of the run goes to, in either mode."""
     server = SmtpServer()
@@ -148,13 +163,14 @@ async def settings(
     database_url: str,
     tmp_data: Path,
     redis_server: RedisServer | None,
+    broker_server: RedisServer | None,
     smtp_server: SmtpServer,
 ) -> Settings:
     services: dict[str, object] = {"smtp_host": "127.0.0.1", "smtp_port": smtp_server.port}
-    if redis_server is not None:
+    if redis_server is not None and broker_server is not None:
         services |= {
             "redis_url": redis_server.url,
-            "celery_broker_url": redis_server.url.removesuffix("/0") + "/1",
+            "celery_broker_url": broker_server.url,
             "celery_visibility_timeout_seconds": WORKER_VISIBILITY_TIMEOUT_S,
         }
     settings = make_settings(database_url, tmp_data, **services)
@@ -221,9 +237,12 @@ async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     uses_app = "app" in request.fixturenames
     app: FastAPI | None = request.getfixturevalue("app") if uses_app else None
     server: RedisServer | None = request.getfixturevalue("redis_server") if uses_app else None
+    worker: CeleryWorker | None = request.getfixturevalue("celery_worker") if uses_app else None
     yield
     if app is None:
         return
+    if worker is not None and (worker.process is None or worker.process.poll() is not None):
+        worker.start()  # a test stopped it, or it died
     await app.state.backends.runner.drain()  # background jobs of this test finish first
     if server is not None:
         if server.process is None:  # a test stopped it
@@ -236,6 +255,8 @@ async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     tables = list(reversed(Base.metadata.sorted_tables))
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
+            # Fail loudly rather than wait for ever on a transaction someone left open.
+            await conn.execute(text("SET LOCAL lock_timeout = '20s'"))
             names = ", ".join(f'"{t.name}"' for t in tables)
             await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
         else:

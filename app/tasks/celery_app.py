@@ -72,7 +72,7 @@ def process_image(self: Task[Any, Any], /, task_id: str, image_id: int) -> dict[
 def send_email(self: Task[Any, Any], /, task_id: str, **message: Any) -> dict[str, Any]:
     try:
         result: dict[str, Any] = _run(lambda ctx: jobs.send_email(ctx, task_id, **message))
-    except jobs.RetryableError as exc:
+    except Exception as exc:  # SMTP down, or anything else: a message is worth another try
         retries = self.request.retries
         state = TaskState.RETRY if retries < EMAIL_MAX_RETRIES else TaskState.FAILURE
         error = {"error": str(exc)}

@@ -81,6 +81,13 @@ def link_token(settings: Settings, message: EmailMessage, page: str) -> str:
     return in_text.group(1)
 
 
+def with_link(messages: list[EmailMessage], page: str) -> EmailMessage:
+    """The one message linking to `page`: messages queued together may arrive in any order."""
+    matching = [m for m in messages if f"/{page}?token=" in text_body(m)]
+    assert len(matching) == 1, [m["Subject"] for m in messages]
+    return matching[0]
+
+
 async def email_tasks(app: FastAPI, user_id: int) -> list[Task]:
     """The user's send_email task rows, read in a session of their own (never a stale
     snapshot)."""
@@ -435,7 +442,7 @@ async def test_password_reset_confirm_sets_the_password_and_ends_every_session(
     requested = await client.post("/api/password-reset", json={"email": account.email})
     assert requested.status_code == 202
     messages = await mails_to(smtp_server, account.email, count=2)
-    token = link_token(settings, messages[1], "reset-password")
+    token = link_token(settings, with_link(messages, "reset-password"), "reset-password")
     hash_before = (await stored_user(db, account.id)).password_hash
 
     response = await client.post(
@@ -477,7 +484,7 @@ async def test_concurrent_uses_of_one_reset_link_succeed_once(
     account = await register(client)
     await client.post("/api/password-reset", json={"email": account.email})
     messages = await mails_to(smtp_server, account.email, count=2)
-    token = link_token(settings, messages[1], "reset-password")
+    token = link_token(settings, with_link(messages, "reset-password"), "reset-password")
     passwords = [f"racing password {n}" for n in range(4)]
 
     responses = await asyncio.gather(
@@ -523,7 +530,7 @@ async def test_reset_link_of_one_user_cannot_change_another(
     bob = await register(client, username="bob_reset")
     await client.post("/api/password-reset", json={"email": alice.email})
     messages = await mails_to(smtp_server, alice.email, count=2)
-    token = link_token(settings, messages[1], "reset-password")
+    token = link_token(settings, with_link(messages, "reset-password"), "reset-password")
     bob_hash = (await stored_user(db, bob.id)).password_hash
 
     response = await client.post(
@@ -548,7 +555,7 @@ async def test_verification_token_is_not_a_reset_token_and_vice_versa(
     account, verify_token = await registered_with_link(client, settings, smtp_server)
     await client.post("/api/password-reset", json={"email": account.email})
     messages = await mails_to(smtp_server, account.email, count=2)
-    reset_token = link_token(settings, messages[1], "reset-password")
+    reset_token = link_token(settings, with_link(messages, "reset-password"), "reset-password")
 
     as_reset = await client.post(
         "/api/password-reset/confirm",
@@ -568,7 +575,7 @@ async def test_expired_reset_link_is_rejected(
     account = await register(client)
     await client.post("/api/password-reset", json={"email": account.email})
     messages = await mails_to(smtp_server, account.email, count=2)
-    token = link_token(settings, messages[1], "reset-password")
+    token = link_token(settings, with_link(messages, "reset-password"), "reset-password")
     await db.execute(
         update(EmailToken)
         .where(EmailToken.purpose == TokenPurpose.RESET_PASSWORD)
@@ -593,7 +600,7 @@ async def test_reset_confirm_checks_the_new_password(
     account = await register(client)
     await client.post("/api/password-reset", json={"email": account.email})
     messages = await mails_to(smtp_server, account.email, count=2)
-    token = link_token(settings, messages[1], "reset-password")
+    token = link_token(settings, with_link(messages, "reset-password"), "reset-password")
 
     short = await client.post(
         "/api/password-reset/confirm", json={"token": token, "new_password": "short"}

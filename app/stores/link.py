@@ -49,7 +49,6 @@ class RedisLink:
             # One immediate retry, for a pooled connection that died with a restarted server;
             # otherwise the link decides when to try again.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            health_check_interval=30,
         )
         self._retry_after = settings.redis_retry_seconds
         self._down_until = 0.0

@@ -118,9 +118,7 @@ def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Set
     return Settings.model_validate(values)
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer | None]:
-    """The run's own redis-server in services mode; None in embedded mode."""
+def _own_redis_server() -> Iterator[RedisServer | None]:
     if not SERVICES:
         yield None
         return
@@ -130,21 +128,19 @@ def redis_server() -> Iterator[RedisServer | None]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer | None]:
+    """The run's own redis-server in services mode; None in embedded mode."""
+    yield from _own_redis_server()
 
 
 @pytest.fixture(scope="session")
 def broker_server() -> Iterator[RedisServer | None]:
     """The Celery broker in services mode: a redis-server of its own, so that the tests that
     kill the cache's Redis do not take the worker's broker down with it."""
-    if not SERVICES:
-        yield None
-        return
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _own_redis_server()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.models import AuthSession, Post, User
 from tests.factories import PASSWORD, Account, create_post, login, make_admin, register
+from tests.problems import assert_problem
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT_S = 120
@@ -31,16 +32,6 @@ USER_OUT_KEYS = {
     "is_verified",
     "created_at",
 }
-
-
-def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0] == "application/problem+json"
-    body = response.json()
-    assert {"type", "title", "status", "detail", "code"} <= set(body)
-    assert body["status"] == status
-    if code is not None:
-        assert body["code"] == code
 
 
 async def stored_user(db: AsyncSession, user_id: int) -> User | None:

@@ -22,6 +22,7 @@ from app.models import Image as ImageRow
 from app.models import ImageStatus
 from tests import images
 from tests.factories import Account, create_post, register
+from tests.problems import assert_problem
 from tests.services import CeleryWorker
 
 MIB = 1024 * 1024
@@ -34,15 +35,6 @@ OPAQUE = 255
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status
-    if code is not None:
-        assert body["code"] == code
 
 
 def storage_key(image: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Post, PostLike, Tag, post_tag
 from tests.factories import Account, create_post, make_admin, register
+from tests.problems import assert_problem
 
 POST_OUT_FIELDS = {
     "id",
@@ -29,14 +30,6 @@ POST_OUT_FIELDS = {
 HUGE_ID = "99999999999999999999"
 MISSING_ID = 987_654
 FULL_POST = {"title": "Replaced", "content": "Replaced content.", "published": True, "tags": ["x"]}
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status
-    assert body["code"] == code
 
 
 async def stored_post(db: AsyncSession, post_id: int) -> dict[str, Any] | None:

@@ -15,23 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import AuthSession, User
 from tests.factories import PASSWORD, Account, login, make_admin, register
+from tests.problems import assert_problem
 
-PROBLEM_JSON = "application/problem+json"
 NEW_PASSWORD = "a brand new passphrase"
 SESSION_FIELDS = {"id", "created_at", "last_used_at", "user_agent", "ip", "current"}
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def assert_problem(response: httpx.Response, status: int, *codes: str) -> dict[str, Any]:
-    """The response is an RFC 9457 problem with this status and one of these codes."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert {"type", "title", "detail", "code"} <= body.keys()
-    if codes:
-        assert body["code"] in codes, body
-    return body
 
 
 def session_id_of(token: str) -> uuid.UUID:

@@ -23,8 +23,8 @@ from app.config import Settings
 from app.models import AuthSession
 from app.security import fingerprint
 from tests.factories import PASSWORD, Account, login, register
+from tests.problems import assert_problem
 
-PROBLEM_JSON = "application/problem+json"
 ACCESS_TTL_S = 15 * 60
 REFRESH_TTL_S = 14 * 24 * 3600
 CLAIMS = {"sub", "type", "jti", "sid", "iat", "exp", "iss", "aud"}
@@ -32,16 +32,6 @@ OTHER_KEY = "another-secret-another-secret-another-secret-0123"
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def assert_problem(response: httpx.Response, status: int, *codes: str) -> dict[str, Any]:
-    """The response is an RFC 9457 problem with this status and one of these codes."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert {"type", "title", "detail", "code"} <= body.keys()
-    if codes:
-        assert body["code"] in codes, body
-    return body
 
 
 def claims_of(token: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import AuthSession, Post, User
 from tests.factories import PASSWORD, create_post, register
+from tests.problems import assert_problem
 
 USER_OUT_KEYS = {
     "id",
@@ -49,20 +50,6 @@ def assert_no_secrets(response: httpx.Response, password: str = PASSWORD) -> Non
     walk(response.json())
     assert password not in response.text
     assert "$argon2" not in response.text
-
-
-def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0] == "application/problem+json"
-    body = response.json()
-    assert {"type", "title", "status", "detail", "code"} <= set(body)
-    assert body["status"] == status
-    if code is not None:
-        assert body["code"] == code
-    if status == 422:
-        assert body["errors"]
-        for error in body["errors"]:
-            assert set(error) == {"loc", "msg", "type"}
 
 
 async def stored_user(db: AsyncSession, user_id: int) -> User | None:

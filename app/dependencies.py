@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.database.session import session_scope
+from app.database.types import MAX_ID
 from app.errors import AdminRequired, Unauthorized
 from app.models import Post, User
 from app.schemas.common import PageQuery
@@ -19,8 +20,6 @@ from app.services import auth, posts, users
 from app.services.backends import Backends
 from app.services.security import Client, Security
 from app.stores import Stores
-
-MAX_ID = 2**63 - 1
 
 _bearer = OAuth2PasswordBearer(
     tokenUrl="/api/token",

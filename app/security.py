@@ -16,11 +16,10 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from app.config import Settings
-from app.database.types import utcnow
+from app.database.types import MAX_ID, utcnow
 from app.errors import InvalidToken, TokenExpired
 
 TokenType = Literal["access", "refresh"]
-MAX_ID = 2**63 - 1  # ids are BIGINT
 VERIFIED_CACHE_SIZE = 10_000
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.types import TypeDecorator
 
 # BIGINT identities on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+MAX_ID = 2**63 - 1  # the largest BIGINT: ids from outside are checked against it
 
 
 class UTCDateTime(TypeDecorator[datetime]):

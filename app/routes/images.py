@@ -4,8 +4,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response, status
 
+from app.database.types import MAX_ID
 from app.dependencies import (
-    MAX_ID,
     BackendsDep,
     CurrentPrincipal,
     DbSession,

@@ -22,9 +22,7 @@ router = APIRouter(prefix="/api/password-reset", tags=["users"])
 async def request_reset(
     body: PasswordResetRequest, db: DbSession, backends: BackendsDep, client: ClientDep
 ) -> Response:
-    await emails.request_password_reset(
-        db, backends.settings, backends.stores, backends.runner, body.email, client
-    )
+    await emails.request_password_reset(db, backends, body.email, client)
     return Response(status_code=status.HTTP_202_ACCEPTED)
 
 

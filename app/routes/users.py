@@ -149,7 +149,7 @@ async def verify_email(body: TokenBody, db: DbSession) -> UserOut:
     responses=problem_responses(401, 429),
 )
 async def resend_verification(user: CurrentUser, db: DbSession, backends: BackendsDep) -> Response:
-    await emails.resend_verification(db, backends.settings, backends.stores, backends.runner, user)
+    await emails.resend_verification(db, backends, user)
     return Response(status_code=status.HTTP_202_ACCEPTED)
 
 

@@ -16,6 +16,7 @@ from app.errors import AppError
 from app.models import EmailToken, TokenPurpose, User
 from app.security import fingerprint
 from app.services import auth, tasks
+from app.services.backends import Backends
 from app.services.security import Client, Security
 from app.stores import Stores
 from app.tasks.jobs import SEND_EMAIL
@@ -29,16 +30,15 @@ class EmailTokenInvalid(AppError):
     detail = "This link is invalid, expired or already used. Ask for a new one."
 
 
-async def send_verification(
-    db: AsyncSession, settings: Settings, runner: TaskRunner, user: User
-) -> str:
+async def send_verification(db: AsyncSession, backends: Backends, user: User) -> str:
     """Queue a verification e-mail for the user's current address; returns the task id."""
+    settings = backends.settings
     token = await _new_token(
         db, user, TokenPurpose.VERIFY_EMAIL, timedelta(hours=settings.email_verify_token_hours)
     )
     return await _queue(
         db,
-        runner,
+        backends.runner,
         user,
         template="verify_email",
         subject="Confirm your e-mail address",
@@ -49,12 +49,11 @@ async def send_verification(
     )
 
 
-async def resend_verification(
-    db: AsyncSession, settings: Settings, stores: Stores, runner: TaskRunner, user: User
-) -> None:
-    await stores.limiter.hit(stores.limiter.verify_resend, f"user:{user.id}")
+async def resend_verification(db: AsyncSession, backends: Backends, user: User) -> None:
+    limiter = backends.stores.limiter
+    await limiter.hit(limiter.verify_resend, f"user:{user.id}")
     if not user.is_verified:
-        await send_verification(db, settings, runner, user)
+        await send_verification(db, backends, user)
 
 
 async def verify(db: AsyncSession, token: str) -> User:
@@ -68,15 +67,11 @@ async def verify(db: AsyncSession, token: str) -> User:
 
 
 async def request_password_reset(
-    db: AsyncSession,
-    settings: Settings,
-    stores: Stores,
-    runner: TaskRunner,
-    email: str,
-    client: Client,
+    db: AsyncSession, backends: Backends, email: str, client: Client
 ) -> None:
     """Queue a reset e-mail if the account exists. The caller answers 202 either way."""
-    await stores.limiter.hit(stores.limiter.password_reset_ip, client.ip)
+    settings, limiter = backends.settings, backends.stores.limiter
+    await limiter.hit(limiter.password_reset_ip, client.ip)
     user = await db.scalar(select(User).where(User.email == email.lower(), User.is_active))
     if user is None:
         return
@@ -84,7 +79,7 @@ async def request_password_reset(
     token = await _new_token(db, user, TokenPurpose.RESET_PASSWORD, timedelta(minutes=minutes))
     await _queue(
         db,
-        runner,
+        backends.runner,
         user,
         template="reset_password",
         subject="Reset your password",

@@ -83,7 +83,7 @@ async def register(
     db.add(user)
     await _flush_unique(db, email=data.email, username=data.username)
     tokens = await auth.start_session(db, security, user, client)
-    await emails.send_verification(db, backends.settings, backends.runner, user)
+    await emails.send_verification(db, backends, user)
     return user, tokens
 
 
@@ -130,7 +130,7 @@ async def update(db: AsyncSession, backends: Backends, user: User, changes: User
     old_email = user.email
     await _apply(db, backends.stores, user, changes.changes())
     if user.email != old_email:
-        await emails.send_verification(db, backends.settings, backends.runner, user)
+        await emails.send_verification(db, backends, user)
     return user
 
 

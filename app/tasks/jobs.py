@@ -68,10 +68,8 @@ async def process_image(ctx: JobContext, task_id: str, image_id: int) -> dict[st
         image.variants = {
             v.name: v.as_dict(ctx.media.url(image.storage_key, v.filename)) for v in variants
         }
-        image.width, image.height = (
-            image.variants["original"]["width"],
-            image.variants["original"]["height"],
-        )
+        original = image.variants["original"]
+        image.width, image.height = original["width"], original["height"]  # upright now
         return await _finish(ctx, image)
 
 

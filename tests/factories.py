@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import User
+from app.models import AuthSession, User
 
 _counter = itertools.count(1)
 PASSWORD = "correct horse battery"
+# The fields of UserOut: exactly these, never a password or its hash.
+USER_OUT_KEYS = {
+    "id",
+    "email",
+    "username",
+    "full_name",
+    "bio",
+    "role",
+    "is_active",
+    "is_verified",
+    "created_at",
+}
 
 
 @dataclass
@@ -80,3 +94,14 @@ async def create_post(client: httpx.AsyncClient, author: Account, **fields: Any)
     assert response.status_code == 201, response.text
     post: dict[str, Any] = response.json()
     return post
+
+
+async def stored_sessions(db: AsyncSession, user_id: int) -> dict[uuid.UUID, datetime | None]:
+    """Each stored session of the user and when it was revoked (None: still live)."""
+    rows = (
+        await db.execute(
+            select(AuthSession.id, AuthSession.revoked_at).where(AuthSession.user_id == user_id)
+        )
+    ).all()
+    await db.rollback()
+    return dict(rows)

@@ -16,22 +16,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.models import AuthSession, Post, User
-from tests.factories import PASSWORD, Account, create_post, login, make_admin, register
+from tests.factories import (
+    PASSWORD,
+    USER_OUT_KEYS,
+    Account,
+    create_post,
+    login,
+    make_admin,
+    register,
+)
 from tests.problems import assert_problem
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT_S = 120
-USER_OUT_KEYS = {
-    "id",
-    "email",
-    "username",
-    "full_name",
-    "bio",
-    "role",
-    "is_active",
-    "is_verified",
-    "created_at",
-}
 
 
 async def stored_user(db: AsyncSession, user_id: int) -> User | None:

@@ -12,15 +12,19 @@ from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from PIL import ExifTags, Image
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import imaging
 from app.config import Settings
+from app.main import create_app
 from app.models import Image as ImageRow
 from app.models import ImageStatus
 from tests import images
+from tests.conftest import SERVICES
 from tests.factories import Account, create_post, register
 from tests.problems import assert_problem
 from tests.services import CeleryWorker
@@ -875,3 +879,34 @@ async def test_raw_uploads_are_never_served(
         assert (await client.get(path)).status_code == 404, path
     held_processing()
     await images.wait_until_processed(client, response.headers["Location"])
+
+
+@pytest.mark.skipif(SERVICES, reason="in-process jobs are the embedded mode's")
+async def test_images_left_pending_by_a_dead_process_are_processed_at_the_next_start(
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    settings: Settings,
+    db: AsyncSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    author = await register(client)
+    post = await create_post(client, author)
+
+    async def lost(*_: object, **__: object) -> None:  # the process died before the job ran
+        return None
+
+    monkeypatch.setattr(app.state.backends.runner, "enqueue", lost)
+    response = await images.upload(client, post["id"], images.jpeg(), author.headers)
+    assert response.status_code == 202, response.text
+    image_id = response.json()["id"]
+    assert (await db.get(ImageRow, image_id)).status == ImageStatus.PENDING  # type: ignore[union-attr]
+
+    restarted = create_app(settings, configure_logs=False)
+    async with LifespanManager(restarted):
+        await restarted.state.backends.runner.drain()
+
+    await db.rollback()
+    stored = await db.get(ImageRow, image_id, populate_existing=True)
+    assert stored is not None
+    assert stored.status == ImageStatus.READY
+    assert set(stored.variants) == {"original", "large", "medium", "thumb"}

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -13,8 +12,8 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import AuthSession, User
-from tests.factories import PASSWORD, Account, login, make_admin, register
+from app.models import User
+from tests.factories import PASSWORD, Account, login, make_admin, register, stored_sessions
 from tests.problems import assert_problem
 
 NEW_PASSWORD = "a brand new passphrase"
@@ -31,17 +30,6 @@ def session_id_of(token: str) -> uuid.UUID:
 
 def bearer(access_token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {access_token}"}
-
-
-async def stored_sessions(db: AsyncSession, user_id: int) -> dict[uuid.UUID, datetime | None]:
-    """Each stored session of the user and when it was revoked (None: still live)."""
-    rows = (
-        await db.execute(
-            select(AuthSession.id, AuthSession.revoked_at).where(AuthSession.user_id == user_id)
-        )
-    ).all()
-    await db.rollback()
-    return dict(rows)
 
 
 async def stored_password_hash(db: AsyncSession, user_id: int) -> str | None:

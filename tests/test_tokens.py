@@ -10,7 +10,6 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -22,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.models import AuthSession
 from app.security import fingerprint
-from tests.factories import PASSWORD, Account, login, register
+from tests.factories import PASSWORD, Account, login, register, stored_sessions
 from tests.problems import assert_problem
 
 ACCESS_TTL_S = 15 * 60
@@ -57,17 +56,6 @@ def sign(
 def b64url(data: dict[str, Any]) -> str:
     raw = json.dumps(data, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-async def stored_sessions(db: AsyncSession, user_id: int) -> dict[uuid.UUID, datetime | None]:
-    """Each stored session of the user and when it was revoked (None: still live)."""
-    rows = (
-        await db.execute(
-            select(AuthSession.id, AuthSession.revoked_at).where(AuthSession.user_id == user_id)
-        )
-    ).all()
-    await db.rollback()
-    return dict(rows)
 
 
 async def stored_refresh_hash(db: AsyncSession, session_id: uuid.UUID) -> str | None:

@@ -10,20 +10,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import AuthSession, Post, User
-from tests.factories import PASSWORD, create_post, register
+from tests.factories import PASSWORD, USER_OUT_KEYS, create_post, register
 from tests.problems import assert_problem
 
-USER_OUT_KEYS = {
-    "id",
-    "email",
-    "username",
-    "full_name",
-    "bio",
-    "role",
-    "is_active",
-    "is_verified",
-    "created_at",
-}
 PUBLIC_KEYS = {"id", "username", "full_name", "bio", "created_at"}
 TOKEN_PAIR_KEYS = {
     "access_token",

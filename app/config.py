@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     media_root: Path | None = None
+    # Swagger UI at /docs, ReDoc at /redoc and /openapi.json; often turned off in production.
+    docs_enabled: bool = True
+    # Prometheus metrics at /metrics; keep the route off the public internet (see the README).
+    metrics_enabled: bool = True
 
     # Redis: cache, rate limits and the revocation fast path; in-process memory when unset.
     redis_url: str | None = None

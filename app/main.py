@@ -17,11 +17,13 @@ from app.database.session import (
     create_read_session_factory,
     create_session_factory,
 )
+from app.docs import install_docs
 from app.errors import install_error_handlers
 from app.logging_setup import configure_logging
 from app.mail import build_mailer
 from app.media import LocalMedia
 from app.middleware import RequestIdMiddleware
+from app.openapi import install_openapi
 from app.routes import health, images, password_reset, posts, tags, tasks, tokens, users
 from app.services import users as user_service
 from app.services.backends import Backends
@@ -107,9 +109,14 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
-        swagger_ui_parameters={"persistAuthorization": True},
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        docs_url=None,  # served by install_docs, with local assets
+        redoc_url=None,
     )
     app.state.settings = settings
+    if settings.docs_enabled:
+        install_openapi(app)
+        install_docs(app)
 
     for module in (tokens, users, password_reset, posts, images, tags, tasks, health):
         app.include_router(module.router)

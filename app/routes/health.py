@@ -11,13 +11,19 @@ from app.services import health as health_service
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health", summary="Liveness", description="The process is up and serving.")
+@router.get(
+    "/health",
+    operation_id="health-live",
+    summary="Liveness",
+    description="The process is up and serving.",
+)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get(
     "/health/ready",
+    operation_id="health-ready",
     summary="Readiness",
     description="Checks every dependency; 503 names the failing one.",
     responses=problem_responses(503),

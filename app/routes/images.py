@@ -39,6 +39,7 @@ _UPLOAD_BODY = {
 
 @router.post(
     "",
+    operation_id="images-upload",
     summary="Upload an image",
     description="Multipart `file` (JPEG, PNG, WebP or GIF, told by its bytes; at most "
     "`MAX_UPLOAD_BYTES`, 10 MiB by default, and 40 megapixels) and an optional `alt` text. "
@@ -64,6 +65,7 @@ async def upload_image(
 
 @router.get(
     "/{image_id}",
+    operation_id="images-read",
     summary="Read an image",
     description="Its status (`pending`, `ready`, `failed`) and, once ready, its variants.",
     response_model=ImageOut,
@@ -75,6 +77,7 @@ async def read_image(post: VisiblePost, image_id: ImageId, db: DbSession) -> Ima
 
 @router.delete(
     "/{image_id}",
+    operation_id="images-delete",
     summary="Delete an image",
     description="Removes the image and its files. Only the post's author or an administrator.",
     status_code=status.HTTP_204_NO_CONTENT,

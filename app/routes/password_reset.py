@@ -12,6 +12,7 @@ router = APIRouter(prefix="/api/password-reset", tags=["users"])
 
 @router.post(
     "",
+    operation_id="password-reset-request",
     summary="Ask for a password reset",
     description="Always 202, whether or not the address has an account (no enumeration). "
     "For a real account, an e-mail with a single-use link "
@@ -28,6 +29,7 @@ async def request_reset(
 
 @router.post(
     "/confirm",
+    operation_id="password-reset-confirm",
     summary="Set a new password",
     description="Spend the token from the reset e-mail. Every session of the account ends.",
     status_code=status.HTTP_204_NO_CONTENT,

@@ -27,6 +27,7 @@ router = APIRouter(prefix="/api/posts", tags=["posts"])
 
 @router.post(
     "",
+    operation_id="posts-create",
     summary="Create a post",
     description="Markdown `content`; up to 10 `tags`, lower-cased and de-duplicated. "
     "`published: false` makes a draft only you and administrators can see.",
@@ -49,6 +50,7 @@ async def create_post(
 
 @router.get(
     "",
+    operation_id="posts-list",
     summary="List posts",
     description="Paged, sorted and filtered. Signed-in authors also see their own drafts.",
     response_model=Page[PostOut],
@@ -63,6 +65,7 @@ async def list_posts(
 
 @router.get(
     "/{post_id}",
+    operation_id="posts-read",
     summary="Read a post",
     description="Answers with an `ETag`; send it back in `If-None-Match` to get `304` when "
     "nothing changed.",
@@ -81,6 +84,7 @@ async def read_post(
 
 @router.put(
     "/{post_id}",
+    operation_id="posts-replace",
     summary="Replace a post",
     description="Every field is required. Only the author or an administrator.",
     response_model=PostOut,
@@ -99,6 +103,7 @@ async def replace_post(
 
 @router.patch(
     "/{post_id}",
+    operation_id="posts-update",
     summary="Change some fields of a post",
     description="Any subset of the fields. Only the author or an administrator.",
     response_model=PostOut,
@@ -117,6 +122,7 @@ async def patch_post(
 
 @router.delete(
     "/{post_id}",
+    operation_id="posts-delete",
     summary="Delete a post",
     description="Only the author or an administrator.",
     status_code=status.HTTP_204_NO_CONTENT,
@@ -129,6 +135,7 @@ async def delete_post(post: OwnedPost, db: DbSession, backends: BackendsDep) -> 
 
 @router.put(
     "/{post_id}/like",
+    operation_id="posts-like",
     summary="Like a post",
     description="Idempotent: liking twice counts once.",
     status_code=status.HTTP_204_NO_CONTENT,
@@ -143,6 +150,7 @@ async def like_post(
 
 @router.delete(
     "/{post_id}/like",
+    operation_id="posts-unlike",
     summary="Unlike a post",
     description="Idempotent: unliking a post you do not like is not an error.",
     status_code=status.HTTP_204_NO_CONTENT,

@@ -14,6 +14,7 @@ router = APIRouter(prefix="/api/tags", tags=["posts"])
 
 @router.get(
     "",
+    operation_id="tags-list",
     summary="Popular tags",
     description="Tags of published posts with their counts, most used first. `q` filters by "
     "name prefix, for autocomplete.",

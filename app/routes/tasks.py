@@ -16,6 +16,7 @@ TaskId = Annotated[str, Path(max_length=36, description="The task's id")]
 
 @router.get(
     "/{task_id}",
+    operation_id="tasks-read",
     summary="Follow a background task",
     description="State (`PENDING`, `STARTED`, `RETRY`, `SUCCESS`, `FAILURE`) and result; "
     "only for the user who queued it.",

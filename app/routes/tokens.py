@@ -79,6 +79,7 @@ _LOGIN_BODY = {
 
 @router.post(
     "",
+    operation_id="token-obtain",
     summary="Log in",
     description="Exchange a username (or e-mail) and password for an access and refresh token "
     "pair. Accepts JSON or the OAuth2 password-flow form. Unknown users and wrong passwords "
@@ -112,6 +113,7 @@ router.add_api_route(
 
 @router.post(
     "/refresh",
+    operation_id="token-refresh",
     summary="Refresh tokens",
     description="Rotate: the refresh token is spent and a new pair returned. Presenting a spent "
     "refresh token again ends the whole session (reuse detection).",
@@ -126,6 +128,7 @@ async def refresh(
 
 @router.post(
     "/verify",
+    operation_id="token-verify",
     summary="Verify a token",
     description="`200 {}` when the token (access or refresh) is valid and its session live; "
     "401 otherwise.",
@@ -139,6 +142,7 @@ async def verify(body: VerifyRequest, db: DbSession, security: SecurityDep) -> E
 
 @router.post(
     "/revoke",
+    operation_id="token-revoke",
     summary="Log out",
     description="End the session of this refresh token. Its access tokens are refused from the "
     "next request on.",

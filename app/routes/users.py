@@ -35,6 +35,7 @@ router = APIRouter(prefix="/api/users", tags=["users"])
 
 @router.post(
     "",
+    operation_id="users-register",
     summary="Register",
     description="Create an account and log it in: answers with the user and a token pair.",
     status_code=status.HTTP_201_CREATED,
@@ -54,13 +55,20 @@ async def register(
     return Registered(user=users.to_out(user), tokens=tokens)
 
 
-@router.get("/me", summary="Who am I", response_model=UserOut, responses=problem_responses(401))
+@router.get(
+    "/me",
+    operation_id="users-me-read",
+    summary="Who am I",
+    response_model=UserOut,
+    responses=problem_responses(401),
+)
 async def read_me(user: CurrentUser) -> UserOut:
     return users.to_out(user)
 
 
 @router.patch(
     "/me",
+    operation_id="users-me-update",
     summary="Change my profile",
     description="Change `full_name`, `bio`, `username` or `email`. A new e-mail address must be "
     "verified again.",
@@ -75,6 +83,7 @@ async def update_me(
 
 @router.post(
     "/me/password",
+    operation_id="users-me-password-change",
     summary="Change my password",
     description="Needs the current password. Every other session is ended.",
     status_code=status.HTTP_204_NO_CONTENT,
@@ -94,6 +103,7 @@ async def change_password(
 
 @router.delete(
     "/me",
+    operation_id="users-me-delete",
     summary="Delete my account",
     description="Deletes the account, its posts and its sessions.",
     status_code=status.HTTP_204_NO_CONTENT,
@@ -106,6 +116,7 @@ async def delete_me(user: CurrentUser, db: DbSession, backends: BackendsDep) -> 
 
 @router.get(
     "/me/sessions",
+    operation_id="users-me-sessions-list",
     summary="My sessions",
     description="Live sessions (logins), most recently used first; `current` marks this one.",
     response_model=list[SessionOut],
@@ -117,6 +128,7 @@ async def list_sessions(caller: CurrentPrincipal, db: DbSession) -> list[Session
 
 @router.delete(
     "/me/sessions/{session_id}",
+    operation_id="users-me-sessions-end",
     summary="End a session",
     description="Log that session out; its tokens are refused from the next request on.",
     status_code=status.HTTP_204_NO_CONTENT,
@@ -131,6 +143,7 @@ async def end_session(
 
 @router.post(
     "/verify",
+    operation_id="users-verify-email",
     summary="Verify my e-mail address",
     description="Spend the token from the verification e-mail's link "
     "(`{PUBLIC_URL}/verify-email?token=...`). Single use; it expires.",
@@ -143,6 +156,7 @@ async def verify_email(body: TokenBody, db: DbSession) -> UserOut:
 
 @router.post(
     "/me/verify/resend",
+    operation_id="users-me-verify-resend",
     summary="Send the verification e-mail again",
     description="Rate limited. Does nothing for an address already verified.",
     status_code=status.HTTP_202_ACCEPTED,
@@ -155,6 +169,7 @@ async def resend_verification(user: CurrentUser, db: DbSession, backends: Backen
 
 @router.get(
     "",
+    operation_id="users-list",
     summary="List users (admin)",
     response_model=Page[UserOut],
     responses=problem_responses(401, 403, 422),
@@ -165,6 +180,7 @@ async def list_users(_: AdminPrincipal, page: PageParams, db: DbSession) -> Page
 
 @router.get(
     "/{user_id}",
+    operation_id="users-read",
     summary="Public profile",
     description="Anyone may read a profile; it never includes the e-mail address.",
     response_model=UserPublic,
@@ -176,6 +192,7 @@ async def read_user(user: UserById) -> UserPublic:
 
 @router.patch(
     "/{user_id}",
+    operation_id="users-update",
     summary="Change a user (admin)",
     description="Also `role`, `is_active` and `is_verified`. Deactivating ends every session.",
     response_model=UserOut,
@@ -189,6 +206,7 @@ async def admin_update(
 
 @router.delete(
     "/{user_id}",
+    operation_id="users-delete",
     summary="Delete a user (admin)",
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 403, 404, 409),

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from app.schemas.common import RequestModel
 
@@ -18,15 +19,28 @@ class LoginRequest(RequestModel):
     password: str = Field(min_length=1, max_length=128)
 
 
+_REFRESH_EXAMPLE: JsonDict = {
+    "refresh_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ0eXBlIjoicmVmcmVzaCJ9.c2ln"
+}
+
+
 class RefreshRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"example": _REFRESH_EXAMPLE})
+
     refresh_token: str = Field(min_length=1, max_length=MAX_TOKEN_LENGTH)
 
 
 class RevokeRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"example": _REFRESH_EXAMPLE})
+
     refresh_token: str = Field(min_length=1, max_length=MAX_TOKEN_LENGTH)
 
 
 class VerifyRequest(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.c2ln"}}
+    )
+
     token: str = Field(min_length=1, max_length=MAX_TOKEN_LENGTH)
 
 

@@ -49,6 +49,10 @@ class UserCreate(RequestModel):
 class UserUpdate(PatchModel):
     """What users may change about themselves; `role` and friends are refused."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"full_name": "Alice Liddell", "bio": "Writes about tea."}}
+    )
+
     full_name: FullName | None = None
     bio: Bio | None = None
     username: Username | None = None
@@ -56,12 +60,23 @@ class UserUpdate(PatchModel):
 
 
 class AdminUserUpdate(UserUpdate):
+    model_config = ConfigDict(json_schema_extra={"example": {"role": "admin", "is_active": True}})
+
     role: Literal["user", "admin"] | None = None
     is_active: bool | None = None
     is_verified: bool | None = None
 
 
 class PasswordChange(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "current_password": "correct horse battery",
+                "new_password": "staple battery horse correct",
+            }
+        }
+    )
+
     current_password: str = Field(min_length=1, max_length=128)
     new_password: Password
 
@@ -96,13 +111,23 @@ class SessionOut(BaseModel):
 
 
 class TokenBody(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"token": "Zk9xY2V0aGUtdG9rZW4"}})
+
     token: str = Field(min_length=1, max_length=512)
 
 
 class PasswordResetRequest(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"email": "alice@example.com"}})
+
     email: Email
 
 
 class PasswordResetConfirm(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"token": "Zk9xY2V0aGUtdG9rZW4", "new_password": "staple battery horse"}
+        }
+    )
+
     token: str = Field(min_length=1, max_length=512)
     new_password: Password

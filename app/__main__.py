@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -103,6 +106,23 @@ def create_admin(
             await engine.dispose()
 
     asyncio.run(_create())
+
+
+@cli.command()
+def openapi(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="A file; standard output by default")
+    ] = None,
+) -> None:
+    """Write the OpenAPI document (JSON), as `/openapi.json` serves it."""
+    from app.main import create_app
+
+    document = json.dumps(create_app(configure_logs=False).openapi(), indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(document)
+    else:
+        output.write_text(document)
+        typer.echo(f"wrote {output}", err=True)
 
 
 if __name__ == "__main__":

@@ -114,8 +114,8 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         redoc_url=None,
     )
     app.state.settings = settings
+    install_openapi(app)
     if settings.docs_enabled:
-        install_openapi(app)
         install_docs(app)
 
     for module in (tokens, users, password_reset, posts, images, tags, tasks, health):

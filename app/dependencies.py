@@ -13,6 +13,7 @@ from app.config import Settings
 from app.database.session import session_scope
 from app.database.types import MAX_ID
 from app.errors import AdminRequired, Unauthorized
+from app.middleware import set_user
 from app.models import Post, User
 from app.schemas.common import PageQuery
 from app.schemas.post import PostQuery
@@ -72,9 +73,11 @@ BearerToken = Annotated[str | None, Depends(_bearer)]
 async def optional_principal(token: BearerToken, backends: BackendsDep) -> auth.Principal | None:
     if token is None:
         return None
-    return await auth.principal(
+    principal = await auth.principal(
         backends.read_sessions, backends.security, backends.stores.sessions, token
     )
+    set_user(principal.id)
+    return principal
 
 
 async def current_principal(

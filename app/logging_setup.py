@@ -8,14 +8,21 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from app.middleware import request_id_var
+from app.middleware import request_context
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
-class _RequestIdFilter(logging.Filter):
+class _RequestContextFilter(logging.Filter):
+    """Adds the request id (and the user, once known) to every record, unless the record
+    already names them (a task logs with the id of the request that queued it)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
+        context = request_context.get()
+        if not hasattr(record, "request_id"):
+            record.request_id = context.request_id if context else "-"
+        if context and context.user_id is not None and not hasattr(record, "user_id"):
+            record.user_id = context.user_id
         return True
 
 
@@ -49,7 +56,7 @@ class KeyValueFormatter(logging.Formatter):
 def configure_logging(json_lines: bool, level: str = "INFO") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if json_lines else KeyValueFormatter())
-    handler.addFilter(_RequestIdFilter())
+    handler.addFilter(_RequestContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

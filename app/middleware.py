@@ -1,4 +1,5 @@
-"""Request ids and access logs, as plain ASGI middleware (no per-request task overhead)."""
+"""Request ids, access logs and request metrics, as plain ASGI middleware (no per-request task
+overhead)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,45 @@ import os
 import re
 import time
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import metrics
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 access_logger = logging.getLogger("app.access")
 
 
+@dataclass(slots=True)
+class RequestContext:
+    """What every log line of a request (or of a task it queued) carries. The authentication
+    dependency fills `user_id` in; the object is shared, so the access log sees it."""
+
+    request_id: str = "-"
+    user_id: int | None = None
+
+
+request_context: ContextVar[RequestContext | None] = ContextVar("request_context", default=None)
+
+
+def current_request_id() -> str | None:
+    context = request_context.get()
+    return context.request_id if context else None
+
+
+def set_user(user_id: int) -> None:
+    """Names the signed-in user in the logs of the current request."""
+    context = request_context.get()
+    if context is not None:
+        context.user_id = user_id
+
+
 class RequestIdMiddleware:
-    """Takes `X-Request-ID` from the request (or makes one), echoes it, and logs the request."""
+    """Takes `X-Request-ID` from the request (or makes one), echoes it, logs the request and
+    counts it in the metrics by its route template."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -29,7 +57,8 @@ class RequestIdMiddleware:
             return
         incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"").decode("latin-1")
         request_id = incoming if _VALID_REQUEST_ID.match(incoming) else os.urandom(16).hex()
-        token = request_id_var.set(request_id)
+        context = RequestContext(request_id)
+        token = request_context.set(context)
         started = time.perf_counter()
         status = 500
 
@@ -46,14 +75,19 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
+            seconds = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or metrics.UNMATCHED_ROUTE
+            metrics.observe_request(scope["method"], route, status, seconds)
             access_logger.info(
                 "request",
                 extra={
                     "method": scope["method"],
-                    "path": getattr(route, "path", scope["path"]),
+                    "route": route,
+                    "path": scope["path"],
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(seconds * 1000, 2),
+                    "user_id": context.user_id,
+                    "client": (scope.get("client") or ("-",))[0],
                 },
             )
-            request_id_var.reset(token)
+            request_context.reset(token)

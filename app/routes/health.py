@@ -1,13 +1,19 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+import logging
 
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+
+from app import metrics as prometheus
 from app.dependencies import BackendsDep
-from app.errors import problem
+from app.errors import NotFound, problem
 from app.schemas.common import problem_responses
 from app.services import health as health_service
+from app.services import tasks
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["operations"])
 
 
@@ -40,3 +46,24 @@ async def ready(backends: BackendsDep) -> JSONResponse:
             checks=checks,
         )
     return JSONResponse({"status": "ok", "checks": checks})
+
+
+@router.get(
+    "/metrics",
+    operation_id="metrics",
+    summary="Prometheus metrics",
+    description="Requests by route template and status, latency histograms, and background "
+    "tasks by state. `METRICS_ENABLED=false` turns it off; keep it off the public internet.",
+    response_class=Response,
+    responses={200: {"content": {prometheus.CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+)
+async def metrics(backends: BackendsDep) -> Response:
+    if not backends.settings.metrics_enabled:
+        raise NotFound
+    try:
+        async with backends.read_sessions() as db:
+            task_counts = await tasks.counts_by_state(db)
+    except (OSError, SQLAlchemyError):  # the request metrics are still worth scraping
+        logger.warning("metrics: could not count the tasks", exc_info=True)
+        task_counts = []
+    return Response(prometheus.render(task_counts), media_type=prometheus.CONTENT_TYPE)

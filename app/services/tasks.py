@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import NotFound
@@ -31,3 +32,11 @@ async def get(db: AsyncSession, task_id: str, user_id: int) -> TaskOut:
         raise TaskNotFound
     result: dict[str, Any] | None = task.result
     return TaskOut(id=task.id, name=task.name, state=task.state, result=result)
+
+
+async def counts_by_state(db: AsyncSession) -> list[tuple[str, str, int]]:
+    """How many tasks of each name are in each state, for the metrics."""
+    rows = await db.execute(
+        select(Task.name, Task.state, func.count()).group_by(Task.name, Task.state)
+    )
+    return [(name, state, count) for name, state, count in rows.tuples()]

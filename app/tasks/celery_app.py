@@ -10,18 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from celery import Task
-from celery.signals import worker_process_shutdown, worker_ready
+from celery.signals import task_postrun, task_prerun, worker_process_shutdown, worker_ready
 
 from app.config import get_settings
+from app.middleware import RequestContext, request_context
 from app.models import TaskState
 from app.tasks import jobs
 from app.tasks.celery_config import create_celery
 from app.tasks.context import JobContext
-from app.tasks.runner import EMAIL_MAX_RETRIES, retry_delay
+from app.tasks.runner import EMAIL_MAX_RETRIES, REQUEST_ID_HEADER, retry_delay
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,6 +34,7 @@ celery_app = create_celery(settings)
 # One event loop and one JobContext (engine, Redis pool) per worker process, made on first use
 # so that nothing is shared across the fork.
 _loop: asyncio.Runner | None = None
+_started: dict[str, float] = {}
 _ctx: JobContext | None = None
 
 
@@ -60,6 +63,30 @@ def _close(**_: Any) -> None:
     if _loop is not None and _ctx is not None:
         _loop.run(_ctx.close())
         _loop.close()
+
+
+@task_prerun.connect
+def _task_started(task: Task[Any, Any], task_id: str, **_: Any) -> None:
+    """The task's log lines carry the id of the request that queued it."""
+    request_id = task.request.get(REQUEST_ID_HEADER) or task_id
+    request_context.set(RequestContext(request_id=str(request_id)))
+    _started[task_id] = time.perf_counter()
+    logger.info("task started", extra={"task": task.name, "task_id": task_id})
+
+
+@task_postrun.connect
+def _task_finished(task: Task[Any, Any], task_id: str, state: str | None = None, **_: Any) -> None:
+    seconds = time.perf_counter() - _started.pop(task_id, time.perf_counter())
+    logger.info(
+        "task finished",
+        extra={
+            "task": task.name,
+            "task_id": task_id,
+            "state": state,
+            "duration_ms": round(seconds * 1000, 2),
+        },
+    )
+    request_context.set(None)
 
 
 @celery_app.task(name="inkwell.process_image", bind=True)

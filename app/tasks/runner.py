@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Protocol
 
 import anyio.to_thread
 
 from app.config import Settings
+from app.metrics import TASKS_QUEUED
+from app.middleware import current_request_id
 from app.models import TaskState
 from app.tasks.celery_config import create_celery
 from app.tasks.context import JobContext
@@ -17,6 +20,7 @@ from app.tasks.jobs import JOBS, RetryableError, record_state
 
 logger = logging.getLogger(__name__)
 
+REQUEST_ID_HEADER = "inkwell_request_id"
 EMAIL_RETRY_BASE_SECONDS = 2.0
 EMAIL_RETRY_MAX_SECONDS = 300.0
 EMAIL_MAX_RETRIES = 8
@@ -43,6 +47,8 @@ class InProcessRunner:
         self._running: set[asyncio.Task[None]] = set()
 
     async def enqueue(self, name: str, task_id: str, **kwargs: Any) -> None:
+        # The task copies this context: its log lines carry the request id that queued it.
+        TASKS_QUEUED.labels(name).inc()
         task = asyncio.create_task(self._run(name, task_id, kwargs), name=f"inkwell:{name}")
         self._running.add(task)
         task.add_done_callback(self._running.discard)
@@ -53,22 +59,37 @@ class InProcessRunner:
             await asyncio.gather(*list(self._running), return_exceptions=True)
 
     async def _run(self, name: str, task_id: str, kwargs: dict[str, Any]) -> None:
+        logger.info("task started", extra={"task": name, "task_id": task_id})
+        started = time.perf_counter()
+        state = await self._attempts(name, task_id, kwargs)
+        logger.info(
+            "task finished",
+            extra={
+                "task": name,
+                "task_id": task_id,
+                "state": state,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+
+    async def _attempts(self, name: str, task_id: str, kwargs: dict[str, Any]) -> TaskState:
         job = JOBS[name]
         for attempt in range(EMAIL_MAX_RETRIES + 1):
             try:
                 await job(self._ctx, task_id, **kwargs)
-                return
+                return TaskState.SUCCESS
             except RetryableError as exc:
                 if attempt == EMAIL_MAX_RETRIES:
                     await record_state(self._ctx, task_id, TaskState.FAILURE, {"error": str(exc)})
-                    logger.error("job failed", extra={"job": name, "task_id": task_id})
-                    return
+                    logger.error("task failed", extra={"task": name, "task_id": task_id})
+                    return TaskState.FAILURE
                 await record_state(self._ctx, task_id, TaskState.RETRY, {"error": str(exc)})
                 await asyncio.sleep(retry_delay(attempt))
             except Exception as exc:
-                logger.exception("job crashed", extra={"job": name, "task_id": task_id})
+                logger.exception("task crashed", extra={"task": name, "task_id": task_id})
                 await record_state(self._ctx, task_id, TaskState.FAILURE, {"error": repr(exc)})
-                return
+                return TaskState.FAILURE
+        raise AssertionError("unreachable: the last attempt returns")
 
 
 class CeleryRunner:
@@ -79,6 +100,9 @@ class CeleryRunner:
         self._queue = settings.celery_queue
 
     async def enqueue(self, name: str, task_id: str, **kwargs: Any) -> None:
+        TASKS_QUEUED.labels(name).inc()
+        # The worker logs the task with the request id that queued it (a message header).
+        headers = {REQUEST_ID_HEADER: current_request_id()}
         # Publishing is blocking I/O (kombu): keep it off the event loop.
         await anyio.to_thread.run_sync(
             lambda: self._celery.send_task(
@@ -86,6 +110,7 @@ class CeleryRunner:
                 kwargs={"task_id": task_id, **kwargs},
                 task_id=task_id,
                 queue=self._queue,
+                headers=headers,
             )
         )
 

@@ -117,6 +117,64 @@ def create_admin(
 
 
 @cli.command()
+def seed(
+    users: Annotated[int, typer.Option(min=0, help="Accounts to add")] = 20,
+    posts: Annotated[
+        int, typer.Option(min=0, help="Posts to add, by random seeded accounts")
+    ] = 200,
+    password: Annotated[
+        str, typer.Option(help="The password of every seeded account", envvar="SEED_PASSWORD")
+    ] = "inkwell-seed-password",  # noqa: S107 - fake accounts, named in the output
+    random_seed: Annotated[int | None, typer.Option("--seed", help="Repeatable data")] = None,
+) -> None:
+    """Add realistic fake users and posts (Markdown, tags, drafts), with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from app.database.session import create_engine
+    from app.services import seed as seeding
+    from app.services.security import Security
+    from app.stores import Stores
+
+    settings = get_settings()
+
+    async def _seed() -> seeding.SeedResult:
+        engine = create_engine(settings)
+        columns = (*Progress.get_default_columns()[:2], MofNCompleteColumn(), TimeElapsedColumn())
+        try:
+            with Progress(*columns, BarColumn(), transient=False) as bar:
+                user_bar = bar.add_task("users", total=users)
+                post_bar = bar.add_task("posts", total=posts)
+                result = await seeding.seed(
+                    engine,
+                    Security.from_settings(settings),
+                    users=users,
+                    posts=posts,
+                    password=password,
+                    random_seed=random_seed,
+                    on_users=lambda n: bar.advance(user_bar, n),
+                    on_posts=lambda n: bar.advance(post_bar, n),
+                )
+        finally:
+            await engine.dispose()
+        stores = Stores.from_settings(settings)
+        try:
+            await stores.cache.clear()  # lists cached before the seed are stale now
+        finally:
+            await stores.close()
+        return result
+
+    try:
+        result = asyncio.run(_seed())
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(
+        f"added {result.users} users and {result.posts} posts; "
+        f"seeded accounts log in with the password {result.password!r}"
+    )
+
+
+@cli.command()
 def openapi(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="A file; standard output by default")

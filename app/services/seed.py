@@ -1,0 +1,244 @@
+"""Realistic fake data for development and load tests: `python -m app seed --users N --posts M`.
+
+Fast by construction: one Argon2 hash shared by every seeded account (they all log in with the
+same password), text drawn from a pool Faker fills once, and bulk inserts in batches, each
+batch one round trip (SQLAlchemy's insertmanyvalues, with RETURNING for the new ids).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from faker import Faker
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.models import Post, Tag, User
+from app.models.post import post_tag
+from app.services.security import Security
+
+BATCH_SIZE = 2_000
+TEXT_POOL_SIZE = 1_500
+SEED_EMAIL_DOMAIN = "seed.inkwell.test"
+TAGS = [
+    "python",
+    "fastapi",
+    "sqlalchemy",
+    "postgres",
+    "redis",
+    "celery",
+    "docker",
+    "kubernetes",
+    "devops",
+    "testing",
+    "security",
+    "api",
+    "design",
+    "performance",
+    "async",
+    "typing",
+    "rust",
+    "go",
+    "javascript",
+    "css",
+    "web",
+    "mobile",
+    "data",
+    "machine-learning",
+    "career",
+    "writing",
+    "travel",
+    "food",
+    "photography",
+    "music",
+    "books",
+    "gaming",
+    "science",
+    "space",
+    "history",
+    "design-systems",
+    "open-source",
+    "linux",
+    "cloud",
+    "databases",
+    "startups",
+    "productivity",
+    "health",
+    "climate",
+]
+_NOT_USERNAME = re.compile(r"[^a-z0-9_]")
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    users: int
+    posts: int
+    tags: int
+    password: str
+
+
+class _TextPool:
+    """Faker is slow per call; a pool of its sentences and paragraphs, drawn at random, reads
+    just as real and costs almost nothing per post."""
+
+    def __init__(self, faker: Faker, rng: random.Random) -> None:
+        self._rng = rng
+        self.titles = [faker.sentence(nb_words=rng.randint(3, 9)).rstrip(".") for _ in range(500)]
+        self.paragraphs = [faker.paragraph(nb_sentences=5) for _ in range(TEXT_POOL_SIZE)]
+        self.headings = [faker.catch_phrase() for _ in range(200)]
+
+    def title(self) -> str:
+        return self._rng.choice(self.titles)[:200]
+
+    def content(self) -> str:
+        """A short Markdown article: a heading, a few paragraphs, sometimes a list."""
+        rng = self._rng
+        parts = [f"## {rng.choice(self.headings)}", *rng.sample(self.paragraphs, rng.randint(2, 5))]
+        if rng.random() < 0.3:
+            parts.append("\n".join(f"- {rng.choice(self.headings)}" for _ in range(3)))
+        return "\n\n".join(parts)
+
+
+async def seed(
+    engine: AsyncEngine,
+    security: Security,
+    *,
+    users: int,
+    posts: int,
+    password: str,
+    random_seed: int | None = None,
+    on_users: Progress | None = None,
+    on_posts: Progress | None = None,
+) -> SeedResult:
+    """Adds `users` accounts and `posts` posts by them (and by earlier seeded accounts when
+    `users` is 0). Returns what was added."""
+    rng = random.Random(random_seed)  # noqa: S311 - fake data, not secrets
+    faker = Faker()
+    faker.seed_instance(random_seed)
+    password_hash = await security.passwords.hash(password)  # off the loop, once
+    now = datetime.now(UTC)
+
+    author_ids = await _insert_users(engine, faker, rng, users, password_hash, now, on_users)
+    if posts and not author_ids:
+        author_ids = await _existing_seed_users(engine)
+        if not author_ids:
+            raise ValueError("posts need authors: pass --users, or seed some users first")
+    tag_ids = await _ensure_tags(engine) if posts else []
+    await _insert_posts(
+        engine, _TextPool(faker, rng), rng, posts, author_ids, tag_ids, now, on_posts
+    )
+    return SeedResult(users=users, posts=posts, tags=len(tag_ids), password=password)
+
+
+async def _insert_users(
+    engine: AsyncEngine,
+    faker: Faker,
+    rng: random.Random,
+    count: int,
+    password_hash: str,
+    now: datetime,
+    progress: Progress | None,
+) -> list[int]:
+    suffix = f"{rng.getrandbits(32):08x}"  # a second seed run adds new accounts, no clash
+    ids: list[int] = []
+    for batch in _batches(range(count)):
+        rows = []
+        for i in batch:
+            first, last = faker.first_name(), faker.last_name()
+            username = _NOT_USERNAME.sub("", f"{first}_{last}".lower())[:16] + f"_{suffix}{i}"
+            rows.append(
+                {
+                    "email": f"{username}@{SEED_EMAIL_DOMAIN}",
+                    "username": username[:32],
+                    "password_hash": password_hash,
+                    "full_name": f"{first} {last}",
+                    "bio": faker.sentence(nb_words=12) if rng.random() < 0.6 else "",
+                    "role": "user",
+                    "is_active": True,
+                    "is_verified": True,
+                    "created_at": now - timedelta(days=400 + rng.random() * 400),
+                    "updated_at": now,
+                }
+            )
+        ids += await _insert_returning_ids(engine, User, rows)
+        if progress:
+            progress(len(rows))
+    return ids
+
+
+async def _existing_seed_users(engine: AsyncEngine) -> list[int]:
+    async with engine.connect() as conn:
+        rows = await conn.scalars(
+            select(User.id).where(User.email.endswith(f"@{SEED_EMAIL_DOMAIN}")).limit(100_000)
+        )
+        return list(rows)
+
+
+async def _ensure_tags(engine: AsyncEngine) -> list[int]:
+    async with engine.begin() as conn:
+        existing = set(await conn.scalars(select(Tag.name).where(Tag.name.in_(TAGS))))
+        missing = [{"name": name} for name in TAGS if name not in existing]
+        if missing:
+            await conn.execute(insert(Tag), missing)
+        return list(await conn.scalars(select(Tag.id).where(Tag.name.in_(TAGS))))
+
+
+async def _insert_posts(
+    engine: AsyncEngine,
+    text: _TextPool,
+    rng: random.Random,
+    count: int,
+    author_ids: Sequence[int],
+    tag_ids: Sequence[int],
+    now: datetime,
+    progress: Progress | None,
+) -> None:
+    year = timedelta(days=365).total_seconds()
+    for batch in _batches(range(count)):
+        rows = []
+        for _ in batch:
+            created = now - timedelta(seconds=rng.random() * year)
+            rows.append(
+                {
+                    "author_id": rng.choice(author_ids),
+                    "title": text.title(),
+                    "content": text.content(),
+                    "published": rng.random() < 0.9,
+                    "likes": 0,
+                    "created_at": created,
+                    "updated_at": created + timedelta(seconds=rng.random() * 86_400),
+                }
+            )
+        post_ids = await _insert_returning_ids(engine, Post, rows)
+        links = [
+            {"post_id": post_id, "tag_id": tag_id}
+            for post_id in post_ids
+            for tag_id in rng.sample(tag_ids, rng.randint(0, 4))
+        ]
+        if links:
+            async with engine.begin() as conn:
+                await conn.execute(insert(post_tag), links)
+        if progress:
+            progress(len(rows))
+
+
+async def _insert_returning_ids(
+    engine: AsyncEngine, model: type[User] | type[Post], rows: list[dict[str, Any]]
+) -> list[int]:
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            insert(model).returning(model.id, sort_by_parameter_order=True), rows
+        )
+        return list(result.scalars())
+
+
+def _batches(items: range) -> Iterator[range]:
+    for start in range(0, len(items), BATCH_SIZE):
+        yield items[start : start + BATCH_SIZE]

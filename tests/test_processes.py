@@ -7,15 +7,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,37 +25,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.models import AuthSession, Post, PostLike
 from app.stores.link import RedisLink
-from tests.conftest import ROOT, SERVICES
+from tests.conftest import SERVICES
 from tests.factories import PASSWORD, Account, create_post, login, register
-from tests.redis_server import RedisServer, free_port
+from tests.live_server import LiveServer, start_server
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.skipif(not SERVICES, reason="needs PostgreSQL and Redis (services mode)")
 
-STARTUP_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 10.0
 
 
-@dataclass
-class ApiProcess:
-    name: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-def start_api(name: str, settings: Settings, redis_url: str, log: Path) -> ApiProcess:
-    port = free_port()
+def start_api(name: str, settings: Settings, redis_url: str, log: Path) -> LiveServer:
     assert settings.jwt_secret_key is not None
     env = {
-        **os.environ,
         "DATABASE_URL": str(settings.database_url),
         "REDIS_URL": redis_url,
         "DATA_DIR": str(settings.data_dir),
@@ -69,39 +47,7 @@ def start_api(name: str, settings: Settings, redis_url: str, log: Path) -> ApiPr
         "ENVIRONMENT": "test",
         "REDIS_RETRY_SECONDS": str(settings.redis_retry_seconds),
     }
-    with log.open("wb") as out:
-        process = subprocess.Popen(  # noqa: S603 - our own fixed arguments
-            [sys.executable, "-m", "app", "run", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return ApiProcess(name, port, process, log)
-
-
-def wait_until_healthy(api: ApiProcess) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if api.process.poll() is not None:
-            raise RuntimeError(f"API {api.name} exited at start-up:\n{api.output()}")
-        try:
-            if httpx.get(f"{api.url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"API {api.name} did not answer /health in time:\n{api.output()}")
-
-
-def stop_api(api: ApiProcess) -> None:
-    if api.process.poll() is None:
-        api.process.terminate()
-        try:
-            api.process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            api.process.kill()
-            api.process.wait(timeout=STOP_TIMEOUT_S)
+    return start_server(name, env, log)
 
 
 @pytest.fixture(scope="module")
@@ -109,24 +55,24 @@ def apis(
     settings: Settings,
     redis_server: RedisServer | None,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[ApiProcess, ApiProcess]]:
+) -> Iterator[tuple[LiveServer, LiveServer]]:
     assert redis_server is not None, "services mode starts a redis-server"
     logs = tmp_path_factory.mktemp("api-logs")
-    started: list[ApiProcess] = []
+    started: list[LiveServer] = []
     try:
         for name in ("a", "b"):
             started.append(start_api(name, settings, redis_server.url, logs / f"{name}.log"))
         for api in started:
-            wait_until_healthy(api)
+            api.wait_until_healthy()
         yield started[0], started[1]
     finally:
         for api in started:
-            stop_api(api)
+            api.stop()
 
 
 @pytest.fixture
 async def a(
-    apis: tuple[ApiProcess, ApiProcess], db: AsyncSession
+    apis: tuple[LiveServer, LiveServer], db: AsyncSession
 ) -> AsyncIterator[httpx.AsyncClient]:
     # `db` brings in the app fixture, so the suite's per-test clean-up truncates the tables
     # and flushes Redis after each test here too.
@@ -135,7 +81,7 @@ async def a(
 
 
 @pytest.fixture
-async def b(apis: tuple[ApiProcess, ApiProcess]) -> AsyncIterator[httpx.AsyncClient]:
+async def b(apis: tuple[LiveServer, LiveServer]) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=apis[1].url, timeout=REQUEST_TIMEOUT_S) as client:
         yield client
 

@@ -58,6 +58,7 @@ class RequestIdMiddleware:
         incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"").decode("latin-1")
         request_id = incoming if _VALID_REQUEST_ID.match(incoming) else os.urandom(16).hex()
         context = RequestContext(request_id)
+        root_path = scope.get("root_path", "")
         token = request_context.set(context)
         started = time.perf_counter()
         status = 500
@@ -76,7 +77,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or metrics.UNMATCHED_ROUTE
+            route = _route_template(scope, root_path)
             metrics.observe_request(scope["method"], route, status, seconds)
             access_logger.info(
                 "request",
@@ -91,3 +92,15 @@ class RequestIdMiddleware:
                 },
             )
             request_context.reset(token)
+
+
+def _route_template(scope: Scope, root_path: str) -> str:
+    """The matched route's template (`/api/posts/{post_id}`), a mount's prefix (`/media/{path}`),
+    or `<unmatched>`: never the raw path, whose ids would make a metric series each."""
+    route = getattr(scope.get("route"), "path", None)
+    if route:
+        return str(route)
+    mounted_at = scope.get("root_path", "")
+    if mounted_at != root_path:  # a Mount (static files) moved its prefix into root_path
+        return f"{mounted_at[len(root_path) :]}/{{path}}"
+    return metrics.UNMATCHED_ROUTE

@@ -50,7 +50,7 @@ async def ready(backends: BackendsDep) -> JSONResponse:
 
 @router.get(
     "/metrics",
-    operation_id="metrics",
+    operation_id="metrics-read",
     summary="Prometheus metrics",
     description="Requests by route template and status, latency histograms, and background "
     "tasks by state. `METRICS_ENABLED=false` turns it off; keep it off the public internet.",

@@ -29,9 +29,10 @@ _UPLOAD_BODY = {
                 "required": ["file"],
                 "properties": {
                     "file": {"type": "string", "format": "binary"},
-                    "alt": {"type": "string", "maxLength": 300},
+                    "alt": {"type": "string", "maxLength": 300, "examples": ["A cup of tea"]},
                 },
-            }
+            },
+            "example": {"alt": "A cup of tea"},
         }
     },
 }

@@ -58,21 +58,12 @@ async def login_request(request: Request) -> LoginRequest:
         ) from exc
 
 
+# Documented as JSON only: generated clients handle one body type best. The OAuth2 form works
+# too, and Swagger's Authorize sends it to the security scheme's `tokenUrl`.
 _LOGIN_BODY = {
     "required": True,
     "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/LoginRequest"}},
-        "application/x-www-form-urlencoded": {
-            "schema": {
-                "type": "object",
-                "required": ["username", "password"],
-                "properties": {
-                    "grant_type": {"type": "string", "enum": ["password"]},
-                    "username": {"type": "string"},
-                    "password": {"type": "string", "format": "password"},
-                },
-            }
-        },
     },
 }
 
@@ -82,8 +73,9 @@ _LOGIN_BODY = {
     operation_id="token-obtain",
     summary="Log in",
     description="Exchange a username (or e-mail) and password for an access and refresh token "
-    "pair. Accepts JSON or the OAuth2 password-flow form. Unknown users and wrong passwords "
-    "get the same answer.",
+    "pair. Accepts JSON or the OAuth2 password-flow form "
+    "(`application/x-www-form-urlencoded`: `grant_type=password`, `username`, `password`). "
+    "Unknown users and wrong passwords get the same answer.",
     response_model=TokenPair,
     responses=problem_responses(401, 422, 429),
     openapi_extra={"requestBody": _LOGIN_BODY},

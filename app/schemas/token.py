@@ -45,6 +45,9 @@ class VerifyRequest(RequestModel):
 
 
 class TokenPair(BaseModel):
+    # Always sent, so required in the response schema (and in generated clients).
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     access_token: str
     refresh_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret

@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 TEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test test-embedded test-services lint format lock bench clean
+.PHONY: help install run migrate seed openapi test test-embedded test-services lint format lock bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -24,6 +24,12 @@ install: $(VENV)/.installed  ## Create .venv with the locked dependencies
 
 migrate: install  ## Apply the database migrations
 	$(BIN)/python -m app migrate
+
+seed: migrate  ## Add fake data: 50 users and 1,000 posts (python -m app seed --help for more)
+	$(BIN)/python -m app seed --users 50 --posts 1000
+
+openapi: install  ## Write the OpenAPI document to openapi.json
+	$(BIN)/python -m app openapi -o openapi.json
 
 run: migrate  ## Serve the API on http://127.0.0.1:8000 (HOST/PORT override)
 	$(BIN)/python -m app run

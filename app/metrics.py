@@ -16,6 +16,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
@@ -23,6 +24,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 UNMATCHED_ROUTE = "<unmatched>"
+
+disable_created_metrics()  # no `_created` series beside every counter
 
 HTTP_REQUESTS = Counter(
     "inkwell_http_requests",

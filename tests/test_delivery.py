@@ -329,7 +329,9 @@ def test_compose_api_is_routed_by_traefik_on_the_domain(production: dict[str, An
     routers = {key.split(".")[3] for key in labels if key.startswith("traefik.http.routers.")}
     assert len(routers) == 1
     router = f"traefik.http.routers.{routers.pop()}"
-    assert labels[f"{router}.rule"] == f"Host(`{PRODUCTION_VARIABLES['DOMAIN']}`)"
+    assert labels[f"{router}.rule"] == (
+        f"Host(`{PRODUCTION_VARIABLES['DOMAIN']}`) && !PathPrefix(`/metrics`)"
+    )
     assert labels[f"{router}.entrypoints"] == "websecure"
     assert labels[f"{router}.tls.certresolver"] == resolver
 

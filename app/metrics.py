@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 UNMATCHED_ROUTE = "<unmatched>"
 
-disable_created_metrics()  # no `_created` series beside every counter
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series
 
 HTTP_REQUESTS = Counter(
     "inkwell_http_requests",

@@ -688,10 +688,14 @@ class Bench:
         say(f"  API (cache {'on' if cache else 'off'}) pid {proc.pid} on {base}, log {log}")
         return proc, base
 
-    def run(self, report: Report) -> None:
+    def prepare(self) -> tuple[int, Seeded]:
+        """The scratch database (created, migrated, seeded) and a private redis-server.
+
+        Returns the redis-server's port and the seeded data; `processes` stops the server and
+        the caller drops the database (`database_created` says whether there is one).
+        """
         o = self.options
-        wrk = Wrk(o.threads, o.timeout, self.workdir)
-        (self.workdir / "data").mkdir()
+        (self.workdir / "data").mkdir(exist_ok=True)
 
         say(f"creating database {self.database}")
         asyncio.run(create_database(o.admin_url, self.database))
@@ -731,6 +735,12 @@ class Bench:
 
         say(f"seeding {o.posts} posts, {USERS} users (Argon2id hashes)")
         seeded = asyncio.run(seed(self.db_url, self.api_env(redis_port, True), o.posts))
+        return redis_port, seeded
+
+    def run(self, report: Report) -> None:
+        o = self.options
+        wrk = Wrk(o.threads, o.timeout, self.workdir)
+        redis_port, seeded = self.prepare()
         report.login["argon2"] = seeded.argon2
 
         hello_port = free_port()

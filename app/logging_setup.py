@@ -27,7 +27,12 @@ class _RequestContextFilter(logging.Filter):
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    extras = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    if record.name.startswith("celery."):
+        # Celery attaches each task's arguments as `data`: e-mail links with their single-use
+        # tokens, addresses. Its message already names the task and its id.
+        extras.pop("data", None)
+    return extras
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,11 +51,20 @@ class JsonFormatter(logging.Formatter):
 
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={v}" for k, v in _extras(record).items())
+        fields = " ".join(f"{k}={_value(v)}" for k, v in _extras(record).items())
         line = f"{record.levelname:<7} {record.name}: {record.getMessage()} {fields}".rstrip()
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+def _value(value: Any) -> str:
+    """A bare value when it has no spaces, quotes or `=`, else a JSON string: lines stay
+    parseable as key=value."""
+    text = str(value)
+    if text and not any(c in text for c in ' "=\n\t'):
+        return text
+    return json.dumps(text)
 
 
 def configure_logging(json_lines: bool, level: str = "INFO") -> None:

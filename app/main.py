@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import ASGIApp
 
 from app.config import Settings, get_settings
 from app.database.session import (
@@ -99,11 +100,19 @@ async def _requeue_pending_images(jobs: JobContext, runner: TaskRunner) -> None:
         await runner.enqueue(PROCESS_IMAGE, task_id, image_id=image_id)
 
 
+class InkwellApp(FastAPI):
+    """FastAPI with the request-id middleware outside Starlette's error middleware, so that
+    a 500 also carries `X-Request-ID`, and its log lines the request id."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestIdMiddleware(super().build_middleware_stack())
+
+
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> FastAPI:
     settings = settings or get_settings()
     if configure_logs:
         configure_logging(json_lines=settings.environment == "production")
-    app = FastAPI(
+    app = InkwellApp(
         title="Inkwell",
         version="0.1.0",
         description=DESCRIPTION,
@@ -132,5 +141,4 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             allow_headers=["*"],
             expose_headers=["ETag", "Location", "X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(RequestIdMiddleware)
     return app

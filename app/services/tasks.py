@@ -39,4 +39,4 @@ async def counts_by_state(db: AsyncSession) -> list[tuple[str, str, int]]:
     rows = await db.execute(
         select(Task.name, Task.state, func.count()).group_by(Task.name, Task.state)
     )
-    return [(name, state, count) for name, state, count in rows.tuples()]
+    return [(name, state, count) for name, state, count in rows]

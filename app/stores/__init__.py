@@ -28,7 +28,9 @@ class Stores:
         cache: Cache
         sessions: SessionCache
         if link is None:
-            cache = MemoryCache(settings.cache_ttl_seconds)
+            cache = MemoryCache(
+                settings.cache_ttl_seconds, epoch_file=settings.data_dir / "cache-epoch"
+            )
             sessions = NoSessionCache()
         else:
             cache = RedisCache(link, settings.cache_ttl_seconds)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -20,6 +21,7 @@ from app.stores.link import EPOCH_KEY, PREFIX, RedisLink
 
 EPOCH = EPOCH_KEY.removeprefix(PREFIX)
 MEMORY_MAX_ENTRIES = 10_000
+EPOCH_FILE_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,15 +82,48 @@ class NoCache:
 
 
 class MemoryCache:
-    """The embedded mode's cache: one process, a bounded LRU with TTLs."""
+    """The embedded mode's cache: one process, a bounded LRU with TTLs.
 
-    def __init__(self, ttl_seconds: int, max_entries: int = MEMORY_MAX_ENTRIES) -> None:
+    Commands run beside the API (`python -m app seed`) write to the same database: their
+    `clear()` touches `epoch_file`, and the API, which looks at that file at most once a
+    second, then drops everything it holds."""
+
+    def __init__(
+        self,
+        ttl_seconds: int,
+        max_entries: int = MEMORY_MAX_ENTRIES,
+        epoch_file: Path | None = None,
+    ) -> None:
         self._ttl = ttl_seconds
         self._max = max_entries
         self._generations: dict[str, int] = {}
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._epoch_file = epoch_file
+        self._epoch_seen = self._epoch_mtime()
+        self._epoch_checked_at = time.monotonic()
+
+    def _epoch_mtime(self) -> float:
+        try:
+            return self._epoch_file.stat().st_mtime if self._epoch_file else 0.0
+        except FileNotFoundError:
+            return 0.0
+
+    def _follow_other_processes(self) -> None:
+        now = time.monotonic()
+        if self._epoch_file is None or now - self._epoch_checked_at < EPOCH_FILE_CHECK_SECONDS:
+            return
+        self._epoch_checked_at = now
+        mtime = self._epoch_mtime()
+        if mtime != self._epoch_seen:
+            self._epoch_seen = mtime
+            self._forget()
+
+    def _forget(self) -> None:
+        self._generations.clear()
+        self._entries.clear()
 
     async def read(self, slot: Slot) -> Lookup:
+        self._follow_other_processes()
         version = ".".join(str(self._generations.get(g, 0)) for g in slot.generations)
         key = f"{slot.name}:{version}"
         entry = self._entries.get(key)
@@ -109,8 +144,11 @@ class MemoryCache:
             self._generations[generation] = self._generations.get(generation, 0) + 1
 
     async def clear(self) -> None:
-        self._generations.clear()
-        self._entries.clear()
+        self._forget()
+        if self._epoch_file is not None:
+            self._epoch_file.parent.mkdir(parents=True, exist_ok=True)
+            self._epoch_file.write_text(f"{time.time_ns()}\n")
+            self._epoch_seen = self._epoch_mtime()
 
 
 # Reads the generations and the entry in one round trip. Keys are built inside the script, so

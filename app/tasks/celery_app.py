@@ -65,13 +65,18 @@ def _close(**_: Any) -> None:
         _loop.close()
 
 
+def _job_name(task: Task[Any, Any]) -> str:
+    """`process_image`, as the in-process runner names it too."""
+    return str(task.name).removeprefix("inkwell.")
+
+
 @task_prerun.connect
 def _task_started(task: Task[Any, Any], task_id: str, **_: Any) -> None:
     """The task's log lines carry the id of the request that queued it."""
     request_id = task.request.get(REQUEST_ID_HEADER) or task_id
     request_context.set(RequestContext(request_id=str(request_id)))
     _started[task_id] = time.perf_counter()
-    logger.info("task started", extra={"task": task.name, "task_id": task_id})
+    logger.info("task started", extra={"task": _job_name(task), "task_id": task_id})
 
 
 @task_postrun.connect
@@ -80,7 +85,7 @@ def _task_finished(task: Task[Any, Any], task_id: str, state: str | None = None,
     logger.info(
         "task finished",
         extra={
-            "task": task.name,
+            "task": _job_name(task),
             "task_id": task_id,
             "state": state,
             "duration_ms": round(seconds * 1000, 2),

@@ -12,6 +12,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -206,6 +207,23 @@ async def app(settings: Settings, celery_worker: CeleryWorker | None) -> AsyncIt
     application = create_app(settings, configure_logs=False)
     async with LifespanManager(application):
         yield application
+
+
+@asynccontextmanager
+async def running_app(
+    settings: Settings, ip: str = "127.0.0.1", *, raise_app_exceptions: bool = True
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """Another API process: an app of its own made from `settings`, started, and a client
+    calling it from `ip`."""
+    application = create_app(settings, configure_logs=False)
+    transport = httpx.ASGITransport(
+        app=application, client=(ip, 123), raise_app_exceptions=raise_app_exceptions
+    )
+    async with (
+        LifespanManager(application),
+        httpx.AsyncClient(transport=transport, base_url="http://other") as client,
+    ):
+        yield application, client
 
 
 @pytest.fixture(scope="session")

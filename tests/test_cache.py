@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import event, func, select
@@ -20,10 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 import app.stores.cache as cache_module
 from app.config import Settings
-from app.main import create_app
 from app.models import Post, PostLike, User
 from app.stores.cache import MemoryCache, NoCache, RedisCache
-from tests.conftest import SERVICES, QueryCounter, make_settings
+from tests.conftest import SERVICES, QueryCounter, make_settings, running_app
 from tests.factories import Account, create_post, make_admin, register
 from tests.redis_server import RedisServer
 
@@ -69,18 +67,6 @@ async def warm(client: httpx.AsyncClient, post_id: int, *viewers: Account | None
 
 def touches_posts(statements: list[str]) -> list[str]:
     return [s for s in statements if any(t in s.replace("\n", " ") for t in POST_TABLES)]
-
-
-@asynccontextmanager
-async def extra_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """A second app instance (another API process) with its own settings and engine."""
-    application = create_app(settings, configure_logs=False)
-    transport = httpx.ASGITransport(app=application)
-    async with (
-        LifespanManager(application),
-        httpx.AsyncClient(transport=transport, base_url="http://other") as other,
-    ):
-        yield application, other
 
 
 def settings_like(settings: Settings, **overrides: object) -> Settings:
@@ -496,7 +482,7 @@ async def test_write_through_one_process_is_seen_by_another_processs_cache(
 ) -> None:
     alice = await register(client)
     post = await create_post(client, alice, title="Before")
-    async with extra_app(settings) as (_, other):
+    async with running_app(settings) as (_, other):
         for _ in range(2):
             assert (await read(other, post["id"]))["title"] == "Before"
             assert (await page(other))["items"][0]["title"] == "Before"
@@ -520,7 +506,7 @@ async def test_cache_disabled_by_setting_reads_the_database_every_time(
 ) -> None:
     alice = await register(client)
     post = await create_post(client, alice, title="Before")
-    async with extra_app(settings_like(settings, cache_enabled=False)) as (uncached, other):
+    async with running_app(settings_like(settings, cache_enabled=False)) as (uncached, other):
         assert isinstance(uncached.state.stores.cache, NoCache)
         async with counting(uncached.state.engine) as counter:
             for _ in range(2):
@@ -585,7 +571,7 @@ async def test_memory_cache_entry_expires_after_the_ttl(
     clock = FakeClock(1_000.0)
     monkeypatch.setattr(cache_module, "time", clock)
 
-    async with extra_app(settings_like(settings, cache_ttl_seconds=1)) as (short, other):
+    async with running_app(settings_like(settings, cache_ttl_seconds=1)) as (short, other):
         assert isinstance(short.state.stores.cache, MemoryCache)
         engine: AsyncEngine = short.state.engine
         async with counting(engine) as counter:
@@ -661,7 +647,7 @@ async def test_redis_cache_ttl_follows_the_setting(
     assert redis_server is not None
     alice = await register(client)
     post = await create_post(client, alice)
-    async with extra_app(settings_like(settings, cache_ttl_seconds=7)) as (_, other):
+    async with running_app(settings_like(settings, cache_ttl_seconds=7)) as (_, other):
         await read(other, post["id"])
     ttls = await redis_ttls(redis_server, "ink:post:*")
     assert len(ttls) == 1, ttls

@@ -10,11 +10,10 @@ from importlib.metadata import version
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from app.config import Settings
 from app.docs import ASSETS_URL
-from app.main import create_app
+from tests.conftest import running_app
 from tests.factories import PASSWORD, register
 
 ASSET_REFERENCE = re.compile(r"""(?:src|href)=["']([^"']+)["']""")
@@ -83,11 +82,7 @@ async def test_the_token_route_takes_the_form_swagger_sends(client: httpx.AsyncC
 
 @pytest.fixture
 async def docs_off(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings.model_copy(update={"docs_enabled": False}), configure_logs=False)
-    async with (
-        LifespanManager(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
-    ):
+    async with running_app(settings.model_copy(update={"docs_enabled": False})) as (_, client):
         yield client
 
 

@@ -13,8 +13,6 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -33,7 +31,7 @@ from app.middleware import RequestContext, request_context
 from app.models import Task
 from app.tasks.jobs import PROCESS_IMAGE
 from tests import images
-from tests.conftest import SERVICES
+from tests.conftest import SERVICES, running_app
 from tests.factories import Account, create_post, register
 from tests.problems import assert_problem
 from tests.redis_server import free_port
@@ -114,19 +112,6 @@ def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 def trace_id() -> str:
     return f"trace-{uuid.uuid4()}"
-
-
-@asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of an app of its own, made from `settings`."""
-    application: FastAPI = create_app(settings, configure_logs=False)
-    async with (
-        LifespanManager(application),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=application), base_url="http://t"
-        ) as client,
-    ):
-        yield client
 
 
 def closed_port_url(scheme: str = "redis") -> str:
@@ -400,7 +385,7 @@ async def test_task_gauge_counts_states_from_the_database(
 
 
 async def test_metrics_can_be_turned_off(settings: Settings) -> None:
-    async with app_client(settings.model_copy(update={"metrics_enabled": False})) as client:
+    async with running_app(settings.model_copy(update={"metrics_enabled": False})) as (_, client):
         response = await client.get("/metrics")
         health = await client.get("/health")
 
@@ -705,7 +690,10 @@ services_only = pytest.mark.skipif(not SERVICES, reason="Redis and a broker: ser
 
 @services_only
 async def test_readiness_is_503_naming_redis_when_it_is_unreachable(settings: Settings) -> None:
-    async with app_client(settings.model_copy(update={"redis_url": closed_port_url()})) as client:
+    async with running_app(settings.model_copy(update={"redis_url": closed_port_url()})) as (
+        _,
+        client,
+    ):
         response = await client.get("/health/ready")
 
     body = assert_problem(response, 503, "dependency_unavailable")
@@ -720,7 +708,7 @@ async def test_readiness_is_503_naming_the_broker_when_it_is_unreachable(
     settings: Settings,
 ) -> None:
     broken = settings.model_copy(update={"celery_broker_url": closed_port_url()})
-    async with app_client(broken) as client:
+    async with running_app(broken) as (_, client):
         response = await client.get("/health/ready")
 
     body = assert_problem(response, 503, "dependency_unavailable")
@@ -734,7 +722,7 @@ async def test_readiness_names_every_failing_dependency(settings: Settings) -> N
     broken = settings.model_copy(
         update={"redis_url": closed_port_url(), "celery_broker_url": closed_port_url()}
     )
-    async with app_client(broken) as client:
+    async with running_app(broken) as (_, client):
         response = await client.get("/health/ready")
         live = await client.get("/health")
 

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.main import create_app
 from app.models import User
+from tests.conftest import running_app
 
 
 async def test_liveness(client: httpx.AsyncClient) -> None:
@@ -29,11 +30,7 @@ async def test_readiness_is_503_naming_the_database_when_it_is_unreachable(
     broken = settings.model_copy(
         update={"database_url": "postgresql://nobody@127.0.0.1:1/none", "db_pool_size": 1}
     )
-    app = create_app(broken, configure_logs=False)
-    async with (
-        LifespanManager(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
-    ):
+    async with running_app(broken) as (_, client):
         response = await client.get("/health/ready")
     assert response.status_code == 503
     assert response.headers["content-type"].startswith("application/problem+json")

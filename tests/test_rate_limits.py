@@ -14,16 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.main import create_app
 from app.models import User
-from tests.conftest import SERVICES, make_settings
+from tests.conftest import SERVICES, make_settings, running_app
 from tests.factories import PASSWORD, register
 
 WRONG = "not the password"
@@ -64,20 +62,6 @@ def settings_like(settings: Settings, **overrides: object) -> Settings:
     return make_settings(
         settings.database_url, settings.data_dir, redis_url=settings.redis_url, **overrides
     )
-
-
-@asynccontextmanager
-async def extra_app(
-    settings: Settings, ip: str = "127.0.0.1"
-) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """Another API process with its own settings, and a client calling it from `ip`."""
-    application = create_app(settings, configure_logs=False)
-    transport = httpx.ASGITransport(app=application, client=(ip, 123))
-    async with (
-        LifespanManager(application),
-        httpx.AsyncClient(transport=transport, base_url="http://other") as other,
-    ):
-        yield application, other
 
 
 @asynccontextmanager
@@ -180,7 +164,7 @@ async def test_account_lock_out_ends_when_its_window_passes(
 ) -> None:
     alice = await register(client)
     quick = settings_like(settings, rate_limit_login_account="2 per 2 seconds")
-    async with extra_app(quick) as (_, other):
+    async with running_app(quick) as (_, other):
         for _ in range(2):
             assert (await attempt(other, alice.username, WRONG)).status_code == 401
         retry_after = assert_rate_limited(await attempt(other, alice.username, PASSWORD), 2)
@@ -211,7 +195,7 @@ async def test_rate_limits_disabled_by_setting_never_answer_429(
     client: httpx.AsyncClient, settings: Settings, db: AsyncSession
 ) -> None:
     alice = await register(client)
-    async with extra_app(settings_like(settings, rate_limits_enabled=False)) as (_, other):
+    async with running_app(settings_like(settings, rate_limits_enabled=False)) as (_, other):
         for _ in range(30):
             response = await attempt(other, alice.username, WRONG)
             assert response.status_code == 401, response.text
@@ -232,7 +216,7 @@ async def test_custom_limits_from_settings_are_honoured(
         rate_limit_login_account="2 per 15 minutes",
         rate_limit_register_ip="2/hour",
     )
-    async with extra_app(custom, ip="203.0.113.50") as (_, other):
+    async with running_app(custom, ip="203.0.113.50") as (_, other):
         for n in range(2):
             assert (await sign_up(other, n)).status_code == 201
         assert_rate_limited(await sign_up(other, 2), 3600)
@@ -241,7 +225,7 @@ async def test_custom_limits_from_settings_are_honoured(
             assert (await attempt(other, alice.username, WRONG)).status_code == 401
         assert_rate_limited(await attempt(other, alice.username, PASSWORD), 15 * 60)  # account
 
-    async with extra_app(custom, ip="203.0.113.51") as (_, other):
+    async with running_app(custom, ip="203.0.113.51") as (_, other):
         for _ in range(3):
             assert (await attempt(other, "signup0", PASSWORD)).status_code == 200
         assert_rate_limited(await attempt(other, "signup0", PASSWORD), 60)  # IP
@@ -285,7 +269,7 @@ async def test_two_processes_share_login_ip_counters(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
     alice = await register(client)
-    async with extra_app(settings) as (_, other):
+    async with running_app(settings) as (_, other):
         for n in range(10):
             process = client if n % 2 else other
             assert (await attempt(process, alice.username, PASSWORD)).status_code == 200
@@ -298,7 +282,7 @@ async def test_two_processes_share_account_lock_outs(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
     alice = await register(client)
-    async with extra_app(settings, ip="203.0.113.99") as (_, other):
+    async with running_app(settings, ip="203.0.113.99") as (_, other):
         for n in range(5):
             process = client if n < 3 else other
             assert (await attempt(process, alice.username, WRONG)).status_code == 401
@@ -310,7 +294,7 @@ async def test_two_processes_share_account_lock_outs(
 async def test_two_processes_share_registration_counters(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
-    async with extra_app(settings) as (_, other):
+    async with running_app(settings) as (_, other):
         for n in range(10):
             process = client if n % 2 else other
             assert (await sign_up(process, n)).status_code == 201

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from kombu import Connection
 from PIL import Image as PilImage
@@ -23,7 +22,6 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.main import create_app
 from app.media import LocalMedia
 from app.models import Image, ImageStatus, Task, TaskState
 from tests.conftest import (
@@ -31,6 +29,7 @@ from tests.conftest import (
     SERVICES,
     WORKER_VISIBILITY_TIMEOUT_S,
     make_settings,
+    running_app,
     settings_env,
 )
 from tests.factories import Account, create_post, register
@@ -157,13 +156,7 @@ async def extra_app(settings: Settings, **overrides: Any) -> AsyncIterator[httpx
     configured = make_settings(
         str(settings.database_url), settings.data_dir, **(values | overrides)
     )
-    application = create_app(configured, configure_logs=False)
-    async with (
-        LifespanManager(application),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=application), base_url="http://extra"
-        ) as client,
-    ):
+    async with running_app(configured) as (_, client):
         yield client
 
 

@@ -9,6 +9,7 @@ database, so an entry built from data older than a concurrent write lands under 
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ class MemoryCache:
 
     def _follow_other_processes(self) -> None:
         now = time.monotonic()
-        if self._epoch_file is None or now - self._epoch_checked_at < EPOCH_FILE_CHECK_SECONDS:
+        if self._epoch_file is None or 0 <= now - self._epoch_checked_at < EPOCH_FILE_CHECK_SECONDS:
             return
         self._epoch_checked_at = now
         mtime = self._epoch_mtime()
@@ -147,7 +148,7 @@ class MemoryCache:
         self._forget()
         if self._epoch_file is not None:
             self._epoch_file.parent.mkdir(parents=True, exist_ok=True)
-            self._epoch_file.write_text(f"{time.time_ns()}\n")
+            self._epoch_file.write_bytes(os.urandom(8).hex().encode())  # a new mtime
             self._epoch_seen = self._epoch_mtime()
 
 

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,8 +32,9 @@ from app.middleware import RequestContext, request_context
 from app.models import Task
 from app.tasks.jobs import PROCESS_IMAGE
 from tests import images
-from tests.conftest import SERVICES, running_app
+from tests.conftest import SERVICES, running_app, settings_env
 from tests.factories import Account, create_post, register
+from tests.live_server import live_server
 from tests.problems import assert_problem
 from tests.redis_server import free_port
 from tests.services import CeleryWorker, SmtpServer, text_body
@@ -731,3 +733,34 @@ async def test_readiness_names_every_failing_dependency(settings: Settings) -> N
     assert "redis" in body["detail"]
     assert "broker" in body["detail"]
     assert live.status_code == 200  # liveness does not depend on them
+
+
+# -- several worker processes ------------------------------------------------------------------
+
+
+async def test_metrics_add_up_every_worker_process_of_one_server(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`run --workers 2`: each process counts its own requests into PROMETHEUS_MULTIPROC_DIR,
+    and whichever process answers /metrics reports the sum of both."""
+    env = settings_env(settings) | {"WEB_CONCURRENCY": "2", "DATA_DIR": str(tmp_path)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    metrics_dir = tmp_path / "prometheus"
+    labels = {"method": "GET", "route": "/health", "status": "200"}
+
+    async def fresh_get(url: str) -> httpx.Response:
+        # A connection of its own each time, so that both processes take some.
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await client.get(url)
+
+    with live_server("two-workers", env, tmp_path / "api.log") as server:
+        deadline = time.monotonic() + 20
+        while len(list(metrics_dir.glob("counter_*.db"))) < 2:  # both processes answered
+            assert time.monotonic() < deadline, f"one process answers all\n{server.output()}"
+            assert (await fresh_get(f"{server.url}/health")).status_code == 200
+        before = Scrape((await fresh_get(f"{server.url}/metrics")).text)
+        for _ in range(40):
+            assert (await fresh_get(f"{server.url}/health")).status_code == 200
+        scrapes = [Scrape((await fresh_get(f"{server.url}/metrics")).text) for _ in range(6)]
+    for after in scrapes:  # the same sum, whichever process answered
+        assert after.value(REQUESTS, **labels) - before.value(REQUESTS, **labels) == 40

@@ -7,10 +7,12 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy.exc import IntegrityError
 
 from app.config import get_settings
 
@@ -18,7 +20,9 @@ cli = typer.Typer(help="Inkwell: a posts backend.", no_args_is_help=True)
 
 
 @cli.command()
-def migrate(revision: str = "head") -> None:
+def migrate(
+    revision: Annotated[str, typer.Argument(help="A revision id, or head")] = "head",
+) -> None:
     """Apply the Alembic migrations (to `head` by default)."""
     from alembic import command
     from alembic.config import Config
@@ -36,24 +40,39 @@ def run(
     """Serve the API with uvicorn."""
     import uvicorn
 
+    from app.logging_setup import configure_logging
+
     settings = get_settings()
     processes = workers or settings.web_concurrency
-    if processes > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        # Each worker process writes its metrics here and /metrics adds them up.
-        metrics_dir = settings.data_dir / "prometheus"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=processes,
-        reload=reload,
-        log_config=None,
-        proxy_headers=True,
-    )
+    # This process's own lines (a worker process that died and was replaced) as the app's.
+    configure_logging(json_lines=settings.environment == "production")
+    metrics_dir = None
+    if processes > 1:
+        if not settings.redis_url:
+            typer.echo(
+                "warning: without REDIS_URL each process has its own cache and rate limits; "
+                "run several processes only with Redis",
+                err=True,
+            )
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            # Each worker process writes its metrics here and /metrics adds them up. Local to
+            # this server (never the shared data volume: other replicas would mix in).
+            metrics_dir = tempfile.mkdtemp(prefix="inkwell-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=processes,
+            reload=reload,
+            log_config=None,
+            proxy_headers=True,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @cli.command()
@@ -70,7 +89,7 @@ def worker(
     from app.logging_setup import configure_logging
     from app.tasks.celery_app import celery_app
 
-    configure_logging(json_lines=settings.environment == "production", level=loglevel)
+    configure_logging(json_lines=settings.environment == "production", level=loglevel.upper())
     celery_app.worker_main(
         [
             "worker",
@@ -165,6 +184,9 @@ def seed(
 
     try:
         result = asyncio.run(_seed())
+    except IntegrityError as exc:
+        typer.echo(f"the database refused the data: {exc.orig}", err=True)
+        raise typer.Exit(2) from exc
     except ValueError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc

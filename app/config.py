@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -227,12 +229,20 @@ class Settings(BaseSettings):
 def _development_secret(data_dir: Path) -> str:
     """A secret generated once and kept under DATA_DIR, so tokens survive restarts."""
     path = data_dir / "jwt-secret"
-    if path.exists():
-        return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
-    path.touch(mode=0o600)
-    path.write_text(secret)
+    try:
+        # Exclusive creation: of several processes starting at once, one writes the secret
+        # and the others read it.
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # the writer may not have written yet
+            if existing := path.read_text().strip():
+                return existing
+            time.sleep(0.01)
+        raise RuntimeError(f"{path} is empty: delete it, or set JWT_SECRET_KEY") from None
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secret)
     logger.info("generated a development JWT secret", extra={"path": str(path)})
     return secret
 

@@ -62,7 +62,7 @@ def _value(value: Any) -> str:
     """A bare value when it has no spaces, quotes or `=`, else a JSON string: lines stay
     parseable as key=value."""
     text = str(value)
-    if text and not any(c in text for c in ' "=\n\t'):
+    if text and not any(c in '"=' or c.isspace() or not c.isprintable() for c in text):
         return text
     return json.dumps(text)
 

@@ -55,6 +55,7 @@ class SmtpMailer:
 
     async def send(self, message: EmailMessage) -> None:
         await anyio.to_thread.run_sync(self._send, message)
+        logger.info("e-mail sent", extra={"subject": message["Subject"]})
 
     def _send(self, message: EmailMessage) -> None:
         with smtplib.SMTP(self._host, self._port, timeout=self._timeout) as smtp:

@@ -62,11 +62,13 @@ class RequestIdMiddleware:
         token = request_context.set(context)
         started = time.perf_counter()
         status = 500
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 message["headers"] = [
                     *message.get("headers", []),
                     (REQUEST_ID_HEADER, request_id.encode("latin-1")),
@@ -75,6 +77,12 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if not response_started:
+                raise
+            # Starlette's error middleware has sent the 500 and re-raises for the server to
+            # log; the app's handler has logged it already, with the request id (the server's
+            # copy would have none).
         finally:
             seconds = time.perf_counter() - started
             route = _route_template(scope, root_path)

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.models import Post, User
 from app.models.post import post_tag
+from app.schemas.user import PasswordResetRequest
 from app.services.seed import SEED_EMAIL_DOMAIN
 from tests.conftest import ROOT, settings_env
 from tests.factories import create_post, login, register
@@ -130,6 +131,7 @@ def test_migrate_is_idempotent(settings: Settings) -> None:
     # the run's database is at head already: applying the migrations again changes nothing
     for _ in range(2):
         succeeded(run_cli(settings, "migrate"))
+    succeeded(run_cli(settings, "migrate", "head"))  # the revision is an argument
 
 
 # -- seed --------------------------------------------------------------------------------------
@@ -201,6 +203,31 @@ async def test_seed_with_a_password_option(
     await db.rollback()
     assert username is not None
     await login(client, username, "another-pass")
+
+
+async def test_seeded_accounts_are_accounts_the_api_accepts(
+    client: httpx.AsyncClient, db: AsyncSession, settings: Settings
+) -> None:
+    # Twice with the same --seed: repeatable text, never the same accounts twice.
+    for _ in range(2):
+        succeeded(await cli(settings, "seed", "--users", "3", "--posts", "5", "--seed", "7"))
+    rows = (await db.execute(select(User.username, User.email))).all()
+    await db.rollback()
+    assert len(rows) == 6
+    for username, email in rows:
+        assert re.fullmatch(r"[a-z0-9_]{3,32}", username), username
+        PasswordResetRequest.model_validate({"email": email})  # the API's own rule
+    response = await client.post("/api/password-reset", json={"email": rows[0][1]})
+    assert response.status_code == 202, response.text
+
+
+async def test_seed_refuses_a_password_registration_would_refuse(
+    client: httpx.AsyncClient, db: AsyncSession, settings: Settings
+) -> None:
+    result = await cli(settings, "seed", "--users", "1", "--posts", "0", "--password", "short")
+    assert result.returncode == 2, result
+    assert "8 to 128 characters" in result.stderr
+    assert not await seeded_user_ids(db)
 
 
 async def test_seed_posts_only_uses_the_seeded_accounts(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -8,6 +10,7 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.security import Passwords
+from tests.live_server import ROOT
 
 STRONG_SECRET = "s" * 40
 
@@ -111,3 +114,24 @@ def test_env_example_documents_every_setting() -> None:
     documented = (Path(__file__).parent.parent / ".env.example").read_text()
     missing = [name.upper() for name in Settings.model_fields if name.upper() not in documented]
     assert missing == []
+
+
+def test_processes_starting_together_agree_on_one_development_secret(tmp_path: Path) -> None:
+    # `run --workers 4` without JWT_SECRET_KEY: every process makes its Security at once.
+    script = (
+        "import sys; from pathlib import Path; from app.config import _development_secret; "
+        "print(_development_secret(Path(sys.argv[1])))"
+    )
+    processes = [
+        subprocess.Popen(  # noqa: S603 - our own fixed arguments
+            [sys.executable, "-c", script, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for _ in range(6)
+    ]
+    secrets = {process.communicate(timeout=60)[0].strip() for process in processes}
+    assert len(secrets) == 1
+    assert secrets == {(tmp_path / "jwt-secret").read_text().strip()}
+    assert (tmp_path / "jwt-secret").stat().st_mode & 0o777 == 0o600

@@ -60,9 +60,22 @@ async def test_upgrade_downgrade_upgrade_round_trip(scratch: Settings) -> None:
 
     await asyncio.to_thread(command.upgrade, config, "head")
     await asyncio.to_thread(command.downgrade, config, "-1")
+    assert "ix_task_name_state" not in await _task_indexes(scratch)
+    await asyncio.to_thread(command.downgrade, config, "0001_initial_schema")
     assert await _tables(scratch) == INITIAL_TABLES
     await asyncio.to_thread(command.upgrade, config, "head")
     assert await _tables(scratch) == EXPECTED_TABLES
+    assert "ix_task_name_state" in await _task_indexes(scratch)
+
+
+async def _task_indexes(settings: Settings) -> set[str]:
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            indexes = await conn.run_sync(lambda c: inspect(c).get_indexes("task"))
+    finally:
+        await engine.dispose()
+    return {str(index["name"]) for index in indexes}
 
 
 @pytest.mark.filterwarnings(

@@ -33,7 +33,7 @@ from app.models import Task
 from app.tasks.jobs import PROCESS_IMAGE
 from tests import images
 from tests.conftest import SERVICES, running_app, settings_env
-from tests.factories import Account, create_post, register
+from tests.factories import PASSWORD, Account, create_post, register
 from tests.live_server import live_server
 from tests.problems import assert_problem
 from tests.redis_server import free_port
@@ -550,6 +550,21 @@ def test_a_record_naming_its_own_request_id_keeps_it() -> None:
     assert filtered(record, RequestContext("other")).__dict__["request_id"] == "queued-by"
 
 
+def test_key_value_lines_quote_what_could_forge_another_field_or_line() -> None:
+    record = logging.getLogger("app.access").makeRecord(
+        "app.access", logging.INFO, __file__, 1, "request", (), None,
+        extra={"path": "/a\rINFO forged=1", "agent": "curl/8 (x)", "plain": "ok"},
+    )  # fmt: skip
+
+    line = KeyValueFormatter().format(record)
+
+    assert "\r" not in line
+    assert "\n" not in line
+    assert 'path="/a\\rINFO forged=1"' in line
+    assert 'agent="curl/8 (x)"' in line
+    assert "plain=ok" in line.split()
+
+
 def test_key_value_access_line() -> None:
     record = filtered(access_record(user_id=5), RequestContext("trace-kv", user_id=5))
 
@@ -644,6 +659,56 @@ async def test_task_logs_never_show_the_secrets_a_job_carries(
         assert not leaks, "\n".join(leaks)
 
 
+async def test_lines_logged_inside_a_job_carry_the_request_id_of_its_own_request(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    smtp_server: SmtpServer,
+    celery_worker: CeleryWorker | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The e-mail job logs "e-mail sent" from inside the job. One request after another: a
+    # worker process must not keep the request id of the first job it ever ran.
+    capture_with_request_context(caplog, "app.mail")
+    offset = _log_size(celery_worker)
+    request_ids = [trace_id() for _ in range(3)]
+    for request_id in request_ids:
+        email = f"{request_id}@example.com"
+        response = await client.post(
+            "/api/users",
+            json={
+                "username": request_id.replace("-", "_")[:32],
+                "email": email,
+                "password": PASSWORD,
+            },
+            headers={"X-Request-ID": request_id},
+        )
+        assert response.status_code == 201, response.text
+        assert await asyncio.to_thread(smtp_server.wait_for, email, 20.0)
+    if celery_worker is None:
+        await app.state.backends.runner.drain()
+        seen = [r.__dict__["request_id"] for r in caplog.records if r.getMessage() == "e-mail sent"]
+        assert seen == request_ids
+        return
+    for request_id in request_ids:
+        await _worker_text_with(celery_worker, offset, f"request_id={request_id}", "e-mail sent")
+
+
+async def _worker_text_with(worker: CeleryWorker, offset: int, *needles: str) -> str:
+    """The first worker log line (after `offset`) that has every one of `needles`."""
+    deadline = time.monotonic() + WORKER_LOG_TIMEOUT_S
+    while True:
+        with worker.log_path.open("rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+        for line in text.splitlines():
+            if all(needle in line for needle in needles):
+                return line
+        if time.monotonic() > deadline:
+            tail = "\n".join(text.splitlines()[-40:])
+            pytest.fail(f"no line with {needles} in the worker log:\n{tail}")
+        await asyncio.sleep(0.1)
+
+
 def _link_token(body: str) -> str:
     found = re.search(r"/(?:verify-email|reset-password)\?token=([A-Za-z0-9_\-]+)", body)
     assert found is not None, body
@@ -658,18 +723,7 @@ def _log_size(worker: CeleryWorker | None) -> int:
 
 async def _worker_line(worker: CeleryWorker, offset: int, message: str, task_id: str) -> str:
     """The worker's log line with `message` about the task, waiting for it to be written."""
-    deadline = time.monotonic() + WORKER_LOG_TIMEOUT_S
-    while True:
-        with worker.log_path.open("rb") as log:
-            log.seek(offset)
-            text = log.read().decode(errors="replace")
-        for line in text.splitlines():
-            if f" {message} " in f" {line} " and f"task_id={task_id}" in line:
-                return line
-        if time.monotonic() > deadline:
-            tail = "\n".join(text.splitlines()[-40:])
-            pytest.fail(f"no {message!r} line for task {task_id} in the worker log:\n{tail}")
-        await asyncio.sleep(0.1)
+    return await _worker_text_with(worker, offset, f"{message} ", f"task_id={task_id}")
 
 
 # -- readiness ---------------------------------------------------------------------------------
@@ -738,14 +792,18 @@ async def test_readiness_names_every_failing_dependency(settings: Settings) -> N
 # -- several worker processes ------------------------------------------------------------------
 
 
+def metric_files(directory: Path, pattern: str) -> list[Path]:
+    return list(directory.glob(pattern))
+
+
 async def test_metrics_add_up_every_worker_process_of_one_server(
     settings: Settings, tmp_path: Path
 ) -> None:
     """`run --workers 2`: each process counts its own requests into PROMETHEUS_MULTIPROC_DIR,
     and whichever process answers /metrics reports the sum of both."""
-    env = settings_env(settings) | {"WEB_CONCURRENCY": "2", "DATA_DIR": str(tmp_path)}
+    # `run` makes its metrics directory under TMPDIR.
+    env = settings_env(settings) | {"WEB_CONCURRENCY": "2", "TMPDIR": str(tmp_path)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    metrics_dir = tmp_path / "prometheus"
     labels = {"method": "GET", "route": "/health", "status": "200"}
 
     async def fresh_get(url: str) -> httpx.Response:
@@ -755,7 +813,7 @@ async def test_metrics_add_up_every_worker_process_of_one_server(
 
     with live_server("two-workers", env, tmp_path / "api.log") as server:
         deadline = time.monotonic() + 20
-        while len(list(metrics_dir.glob("counter_*.db"))) < 2:  # both processes answered
+        while len(metric_files(tmp_path, "inkwell-metrics-*/counter_*.db")) < 2:  # both answered
             assert time.monotonic() < deadline, f"one process answers all\n{server.output()}"
             assert (await fresh_get(f"{server.url}/health")).status_code == 200
         before = Scrape((await fresh_get(f"{server.url}/metrics")).text)
@@ -764,3 +822,4 @@ async def test_metrics_add_up_every_worker_process_of_one_server(
         scrapes = [Scrape((await fresh_get(f"{server.url}/metrics")).text) for _ in range(6)]
     for after in scrapes:  # the same sum, whichever process answered
         assert after.value(REQUESTS, **labels) - before.value(REQUESTS, **labels) == 40
+    assert not metric_files(tmp_path, "inkwell-metrics-*"), "removed when the server stops"

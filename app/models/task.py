@@ -26,7 +26,10 @@ class Task(Base):
     modes answer `GET /api/tasks/{id}` the same way, and only to the user who queued it."""
 
     __tablename__ = "task"
-    __table_args__ = (Index(None, "user_id", "created_at"),)
+    __table_args__ = (
+        Index(None, "user_id", "created_at"),
+        Index(None, "name", "state"),  # /metrics counts by both
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(64))

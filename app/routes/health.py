@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import APIRouter, Response
@@ -14,6 +15,7 @@ from app.services import health as health_service
 from app.services import tasks
 
 logger = logging.getLogger(__name__)
+TASK_COUNT_TIMEOUT_S = 2.0
 router = APIRouter(tags=["operations"])
 
 
@@ -62,8 +64,8 @@ async def metrics(backends: BackendsDep) -> Response:
         raise NotFound
     try:
         async with backends.read_sessions() as db:
-            task_counts = await tasks.counts_by_state(db)
-    except (OSError, SQLAlchemyError):  # the request metrics are still worth scraping
+            task_counts = await asyncio.wait_for(tasks.counts_by_state(db), TASK_COUNT_TIMEOUT_S)
+    except (OSError, SQLAlchemyError):  # TimeoutError included: the rest is worth scraping
         logger.warning("metrics: could not count the tasks", exc_info=True)
         task_counts = []
     return Response(prometheus.render(task_counts), media_type=prometheus.CONTENT_TYPE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,8 +24,9 @@ from app.models.post import post_tag
 from app.services.security import Security
 
 BATCH_SIZE = 2_000
+MIN_PASSWORD, MAX_PASSWORD = 8, 128  # as registration asks
 TEXT_POOL_SIZE = 1_500
-SEED_EMAIL_DOMAIN = "seed.inkwell.test"
+SEED_EMAIL_DOMAIN = "seed.example.com"
 TAGS = [
     "python",
     "fastapi",
@@ -119,6 +121,8 @@ async def seed(
 ) -> SeedResult:
     """Adds `users` accounts and `posts` posts by them (and by earlier seeded accounts when
     `users` is 0). Returns what was added."""
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise ValueError(f"the password must have {MIN_PASSWORD} to {MAX_PASSWORD} characters")
     rng = random.Random(random_seed)  # noqa: S311 - fake data, not secrets
     faker = Faker()
     faker.seed_instance(random_seed)
@@ -146,7 +150,7 @@ async def _insert_users(
     now: datetime,
     progress: Progress | None,
 ) -> list[int]:
-    suffix = f"{rng.getrandbits(32):08x}"  # a second seed run adds new accounts, no clash
+    suffix = secrets.token_hex(4)  # not from --seed: a second run adds new accounts, no clash
     ids: list[int] = []
     for batch in _batches(range(count)):
         rows = []
@@ -213,7 +217,7 @@ async def _insert_posts(
                     "published": rng.random() < 0.9,
                     "likes": 0,
                     "created_at": created,
-                    "updated_at": created + timedelta(seconds=rng.random() * 86_400),
+                    "updated_at": min(now, created + timedelta(seconds=rng.random() * 86_400)),
                 }
             )
         post_ids = await _insert_returning_ids(engine, Post, rows)

@@ -8,6 +8,7 @@ CELERY_VISIBILITY_TIMEOUT_SECONDS). The jobs are idempotent and count their atte
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import time
@@ -45,7 +46,9 @@ def _run(make: Any) -> Any:
     if _ctx is None:
         _ctx = JobContext.for_worker(settings)
     coroutine: Coroutine[Any, Any, Any] = make(_ctx)
-    return _loop.run(coroutine)
+    # The current context (the task's request id): the Runner would otherwise run every job
+    # in the context it captured when it was made.
+    return _loop.run(coroutine, context=contextvars.copy_context())
 
 
 def _forget_parent_state() -> None:

@@ -29,6 +29,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -945,6 +946,25 @@ def print_report(report: Report, options: Options) -> None:
     print(f"JSON: {options.output}")
 
 
+def run_and_clean_up(bench: Bench, body: Callable[[], None]) -> int | None:
+    """Runs `body`; whatever happens, stops every process the bench started and drops its
+    database. None on success, else the exit status (1 on a bench error, 130 on Ctrl-C)."""
+    try:
+        body()
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        bench.processes.stop_all()
+        if bench.database_created:
+            with contextlib.suppress(Exception):
+                asyncio.run(drop_database(bench.options.admin_url, bench.database))
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
     if shutil.which("wrk") is None:
@@ -964,19 +984,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="inkwell-bench-") as tmp:
         bench = Bench(options, Path(tmp))
-        try:
-            bench.run(report)
-        except BenchError as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("interrupted; cleaning up", file=sys.stderr)
-            return 130
-        finally:
-            bench.processes.stop_all()
-            if bench.database_created:
-                with contextlib.suppress(Exception):
-                    asyncio.run(drop_database(options.admin_url, bench.database))
+        failed = run_and_clean_up(bench, lambda: bench.run(report))
+        if failed is not None:
+            return failed
     report.judge()
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(report.as_json(), indent=2) + "\n")

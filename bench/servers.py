@@ -45,7 +45,6 @@ bench/results/servers.json.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import hashlib
 import http.client
@@ -77,9 +76,9 @@ from run import (
     Processes,
     Seeded,
     Wrk,
-    drop_database,
     free_port,
     post_json,
+    run_and_clean_up,
     say,
     wait_for_http,
     warm_posts,
@@ -778,7 +777,9 @@ def main(argv: list[str] | None = None) -> int:
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory(prefix="inkwell-servers-") as tmp:
         bench = Bench(options, Path(tmp))
-        try:
+        measured: list[tuple[ServersBench, dict[str, Any]]] = []
+
+        def measure() -> None:
             venv = args.gunicorn_venv or gunicorn_venv(str(uv), PYTHON)
             sb = ServersBench(
                 options=options,
@@ -812,17 +813,12 @@ def main(argv: list[str] | None = None) -> int:
                 },
             }
             sb.run()
-        except BenchError as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("interrupted; cleaning up", file=sys.stderr)
-            return 130
-        finally:
-            bench.processes.stop_all()
-            if bench.database_created:
-                with contextlib.suppress(Exception):
-                    asyncio.run(drop_database(options.admin_url, bench.database))
+            measured.append((sb, info))
+
+        failed = run_and_clean_up(bench, measure)
+        if failed is not None:
+            return failed
+    sb, info = measured[0]
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(as_json(sb, info), indent=2) + "\n")
     print_report(sb, info)

@@ -36,10 +36,10 @@ run: migrate  ## Serve the API on http://127.0.0.1:8000 (HOST/PORT override)
 
 test: test-embedded test-services  ## Run the suite embedded (SQLite, memory), then on PostgreSQL + Redis
 
-test-embedded: install
+test-embedded: install  ## The suite embedded only (SQLite, memory stores, in-process jobs)
 	INKWELL_TEST_MODE=embedded $(BIN)/pytest $(TEST_ARGS)
 
-test-services: install
+test-services: install  ## The suite on PostgreSQL, Redis and a Celery worker only
 	INKWELL_TEST_MODE=services $(BIN)/pytest $(TEST_ARGS)
 
 lint: install  ## ruff, ruff format --check and mypy

@@ -7,6 +7,7 @@ package version, so browsers may cache them for a year: a new version is a new U
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
@@ -18,10 +19,12 @@ from fastapi.openapi.docs import (
     get_swagger_ui_html,
     get_swagger_ui_oauth2_redirect_html,
 )
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
+OPENAPI_URL = "/openapi.json"
 ASSETS_VERSION = version("fastapi-offline")
 ASSETS_URL = f"/docs/assets/{ASSETS_VERSION}"
 ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
@@ -46,8 +49,10 @@ REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 
 @lru_cache(maxsize=1)
-def _offline_redoc_bundle() -> bytes:
-    return (ASSETS_DIR / REDOC_BUNDLE).read_bytes().replace(REDOC_CDN_LOGO, b"")
+def _offline_redoc_bundle() -> tuple[bytes, str]:
+    """The bundle without the logo URL, and its ETag."""
+    body = (ASSETS_DIR / REDOC_BUNDLE).read_bytes().replace(REDOC_CDN_LOGO, b"")
+    return body, f'"{hashlib.sha256(body).hexdigest()[:32]}"'
 
 
 class ImmutableAssets(StaticFiles):
@@ -55,7 +60,10 @@ class ImmutableAssets(StaticFiles):
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         if path == REDOC_BUNDLE:
-            return Response(_offline_redoc_bundle(), media_type="text/javascript")
+            body, etag = _offline_redoc_bundle()
+            if Headers(scope=scope).get("if-none-match") == etag:
+                return Response(status_code=304, headers={"etag": etag})
+            return Response(body, media_type="text/javascript", headers={"etag": etag})
         return await super().get_response(path, scope)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -68,10 +76,14 @@ class ImmutableAssets(StaticFiles):
 
 
 def install_docs(app: FastAPI) -> None:
-    """Adds `/docs`, `/docs/oauth2-redirect`, `/redoc` and the assets they load."""
-    assert app.openapi_url is not None
-    openapi_url = app.openapi_url
+    """Adds `/openapi.json`, `/docs`, `/docs/oauth2-redirect`, `/redoc` and the assets the pages
+    load (as routes of the app: metrics and logs name them by their path)."""
+    openapi_url = OPENAPI_URL
     app.mount(ASSETS_URL, ImmutableAssets(directory=ASSETS_DIR), name="docs-assets")
+
+    @app.get(OPENAPI_URL, include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:

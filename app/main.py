@@ -118,8 +118,8 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
-        openapi_url="/openapi.json" if settings.docs_enabled else None,
-        docs_url=None,  # served by install_docs, with local assets
+        openapi_url=None,  # served by install_docs, like the pages and their assets
+        docs_url=None,
         redoc_url=None,
     )
     app.state.settings = settings

@@ -95,3 +95,29 @@ async def test_docs_enabled_false_removes_the_pages_and_the_schema(
     response = await docs_off.get(path)
     assert response.status_code == 404
     assert (await docs_off.get("/health")).status_code == 200
+
+
+async def test_every_asset_answers_a_conditional_request_with_304(
+    client: httpx.AsyncClient,
+) -> None:
+    for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+        first = await client.get(f"{ASSETS_URL}/{name}")
+        etag = first.headers["etag"]
+        again = await client.get(f"{ASSETS_URL}/{name}", headers={"If-None-Match": etag})
+        assert again.status_code == 304, name
+        assert not again.content
+
+
+async def test_the_redoc_bundle_names_no_other_server(client: httpx.AsyncClient) -> None:
+    bundle = (await client.get(f"{ASSETS_URL}/redoc.standalone.js")).text
+    assert "cdn.redoc.ly" not in bundle
+
+
+async def test_the_schema_and_pages_are_routes_the_metrics_name(
+    client: httpx.AsyncClient,
+) -> None:
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert (await client.get(path)).status_code == 200
+    metrics = (await client.get("/metrics")).text
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert f'route="{path}"' in metrics, path

@@ -74,20 +74,27 @@ async def process_image(ctx: JobContext, task_id: str, image_id: int) -> dict[st
 
 
 async def _finish(ctx: JobContext, image: Image, failure: str | None = None) -> dict[str, Any]:
+    status = ImageStatus.FAILED if failure else ImageStatus.READY
+    result: dict[str, Any] = {"image_id": image.id, "status": status}
+    if failure:
+        result["reason"] = failure
     async with ctx.session_factory() as db:
         image = await db.merge(image)
-        image.status = ImageStatus.FAILED if failure else ImageStatus.READY
+        image.status = status
         image.failure_reason = failure[:500] if failure else None
         image.updated_at = utcnow()
+        # The image and its task change together: whoever sees one sees the other.
+        await db.execute(
+            update(Task)
+            .where(Task.id == image.task_id)
+            .values(state=TaskState.SUCCESS, result=result, updated_at=utcnow())
+        )
         await db.commit()
     if failure is None:
         ctx.media.upload_path(image.storage_key).unlink(missing_ok=True)
     await ctx.stores.cache.bump(*post_generations(image.post_id))
-    result = {"image_id": image.id, "status": image.status}
     if failure:
-        result["reason"] = failure
         logger.warning("image failed", extra={"image_id": image.id, "reason": failure})
-    await record_state(ctx, image.task_id, TaskState.SUCCESS, result)
     return result
 
 

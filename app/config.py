@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
     db_echo: bool = False
+    # Behind PgBouncer in transaction mode: no prepared statement outlives its statement.
+    db_pgbouncer: bool = False
 
     # Tokens
     jwt_secret_key: SecretStr | None = None

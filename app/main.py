@@ -60,7 +60,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = create_engine(settings)
     app.state.engine = engine
     app.state.session_factory = create_session_factory(engine)
-    app.state.read_session_factory = create_read_session_factory(engine)
+    app.state.read_session_factory = create_read_session_factory(engine, settings)
     app.state.security = Security.from_settings(settings)
     stores = app.state.stores = Stores.from_settings(settings)
     media = LocalMedia(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,30 @@ def create_engine(settings: Settings) -> AsyncEngine:
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
+    connect_args: dict[str, Any] = {}
+    if settings.db_pgbouncer:
+        # PgBouncer in transaction mode hands each transaction whichever server connection is
+        # free: statements prepared on one are unknown (or already taken) on the next. So no
+        # statement caches, and a unique name for each statement asyncpg still prepares.
+        url = url.update_query_dict({"prepared_statement_cache_size": "0"})
+        connect_args = {
+            "statement_cache_size": 0,
+            "prepared_statement_name_func": _unique_statement_name,
+        }
     return create_async_engine(
         url,
         echo=settings.db_echo,
+        connect_args=connect_args,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         # No ping per checkout (a round trip per request): a connection found dead raises,
         # SQLAlchemy then invalidates the pool, and old connections are recycled anyway.
         pool_recycle=1800,
     )
+
+
+def _unique_statement_name() -> str:
+    return f"__asyncpg_{uuid.uuid4()}__"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -55,9 +71,15 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-def create_read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+def create_read_session_factory(
+    engine: AsyncEngine, settings: Settings
+) -> async_sessionmaker[AsyncSession]:
     """Sessions in autocommit mode, for reads only: each statement runs on its own, with no
-    BEGIN and no ROLLBACK round trip around it."""
+    BEGIN and no ROLLBACK round trip around it. Not behind PgBouncer in transaction mode: a
+    statement outside a transaction may be prepared on one server connection and run on
+    another."""
+    if settings.db_pgbouncer:
+        return create_session_factory(engine)
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
     return async_sessionmaker(autocommit, expire_on_commit=False, autoflush=False)
 

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
 from app.database.base import Base
+from app.database.session import create_engine
 from app.main import create_app
 from app.stores import Stores
 from tests.redis_server import RedisServer
@@ -265,7 +266,11 @@ async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     stores: Stores = app.state.stores
     await stores.cache.clear()
     await stores.limiter.reset()
-    engine: AsyncEngine = app.state.engine
+    await empty_tables(app.state.engine)
+
+
+async def empty_tables(engine: AsyncEngine) -> None:
+    """Every table emptied (and PostgreSQL's sequences restarted)."""
     tables = list(reversed(Base.metadata.sorted_tables))
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -276,6 +281,20 @@ async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         else:
             for table in tables:
                 await conn.execute(delete(table))
+
+
+@asynccontextmanager
+async def tidied_up_after(settings: Settings, redis: RedisServer | None) -> AsyncIterator[None]:
+    """For a module whose tests share data through a server of their own (and so skip the
+    per-test clean-up): the tables and Redis emptied once its tests are done."""
+    yield
+    if redis is not None:
+        redis.flush()
+    engine = create_engine(settings)
+    try:
+        await empty_tables(engine)
+    finally:
+        await engine.dispose()
 
 
 class QueryCounter:

@@ -44,10 +44,11 @@ from playwright.async_api import (
 
 from app.config import Settings
 from app.docs import ASSETS_URL
-from tests.conftest import ON_CI, ROOT, settings_env
+from tests.conftest import ON_CI, ROOT, settings_env, tidied_up_after
 from tests.factories import PASSWORD
 from tests.images import tiny_png
 from tests.live_server import LiveServer, live_server
+from tests.redis_server import RedisServer
 
 CHROMIUM_PATH = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_FOUND = Path(CHROMIUM_PATH).is_file() and os.access(CHROMIUM_PATH, os.X_OK)
@@ -156,6 +157,13 @@ class Shared:
     """What one test leaves for the next: the post created through Swagger UI."""
 
     post_id: int | None = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def _tidy_up(settings: Settings, redis_server: RedisServer | None) -> AsyncIterator[None]:
+    """The rows these tests leave are gone before the next module's tests start."""
+    async with tidied_up_after(settings, redis_server):
+        yield
 
 
 @pytest.fixture(scope="module")

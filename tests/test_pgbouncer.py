@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from app.config import Settings
@@ -90,8 +91,9 @@ def _log(directory: Path) -> str:
 
 
 async def test_the_api_works_behind_pgbouncer_in_transaction_mode(
-    settings: Settings, pgbouncer_url: str
+    app: FastAPI, settings: Settings, pgbouncer_url: str
 ) -> None:
+    # `app` brings the suite's clean-up: the tables are emptied after this test too.
     behind = settings.model_copy(
         update={"database_url": pgbouncer_url, "db_pgbouncer": True, "rate_limits_enabled": False}
     )

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -104,6 +105,27 @@ async def database_url(tmp_data: Path) -> AsyncIterator[str]:
         yield postgres_url(name)
     finally:
         await drop_postgres_database(name)
+
+
+# What another app of the run copies from the run's settings, so that it is one more API process
+# of the same deployment: its jobs reach the same worker, its e-mail the same SMTP server.
+SHARED_FIELDS = (
+    "redis_url",
+    "celery_broker_url",
+    "celery_visibility_timeout_seconds",
+    "celery_queue",
+    "smtp_host",
+    "smtp_port",
+    "smtp_from",
+    "public_url",
+)
+
+
+def settings_like(settings: Settings, **overrides: Any) -> Settings:
+    """The run's settings (database, data directory, Redis, broker, SMTP), with `overrides`."""
+    values = {name: getattr(settings, name) for name in SHARED_FIELDS}
+    data_dir = overrides.pop("data_dir", settings.data_dir)
+    return make_settings(str(settings.database_url), data_dir, **(values | overrides))
 
 
 def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:
@@ -212,16 +234,20 @@ async def app(settings: Settings, celery_worker: CeleryWorker | None) -> AsyncIt
 
 @asynccontextmanager
 async def running_app(
-    settings: Settings, ip: str = "127.0.0.1", *, raise_app_exceptions: bool = True
+    settings: Settings,
+    ip: str = "127.0.0.1",
+    *,
+    raise_app_exceptions: bool = True,
+    shutdown_timeout: float = 5,
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """Another API process: an app of its own made from `settings`, started, and a client
-    calling it from `ip`."""
+    calling it from `ip`. Stopping it drains its in-process jobs (`shutdown_timeout`)."""
     application = create_app(settings, configure_logs=False)
     transport = httpx.ASGITransport(
         app=application, client=(ip, 123), raise_app_exceptions=raise_app_exceptions
     )
     async with (
-        LifespanManager(application),
+        LifespanManager(application, shutdown_timeout=shutdown_timeout),
         httpx.AsyncClient(transport=transport, base_url="http://other") as client,
     ):
         yield application, client

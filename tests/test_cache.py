@@ -21,7 +21,7 @@ import app.stores.cache as cache_module
 from app.config import Settings
 from app.models import Post, PostLike, User
 from app.stores.cache import MemoryCache, NoCache, RedisCache
-from tests.conftest import SERVICES, QueryCounter, make_settings, running_app
+from tests.conftest import SERVICES, QueryCounter, running_app, settings_like
 from tests.factories import Account, create_post, make_admin, register
 from tests.redis_server import RedisServer
 
@@ -67,13 +67,6 @@ async def warm(client: httpx.AsyncClient, post_id: int, *viewers: Account | None
 
 def touches_posts(statements: list[str]) -> list[str]:
     return [s for s in statements if any(t in s.replace("\n", " ") for t in POST_TABLES)]
-
-
-def settings_like(settings: Settings, **overrides: object) -> Settings:
-    assert settings.database_url is not None
-    return make_settings(
-        settings.database_url, settings.data_dir, redis_url=settings.redis_url, **overrides
-    )
 
 
 @asynccontextmanager

@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,9 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import app.tasks.runner as task_runner
 from app.config import Settings
 from app.database.types import utcnow
-from app.main import create_app
 from app.models import EmailToken, Task, TaskState, TokenPurpose, User
-from tests.conftest import SERVICES, make_settings
+from tests.conftest import SERVICES, running_app, settings_like
 from tests.factories import PASSWORD, Account, login, register
 from tests.redis_server import free_port
 from tests.services import SmtpServer, text_body
@@ -38,17 +36,6 @@ MAIL_TIMEOUT_S = 20.0
 TOKEN = r"([A-Za-z0-9_\-]+)"
 NEW_PASSWORD = "a brand new passphrase"
 SETTLED_STATES = {TaskState.SUCCESS, TaskState.FAILURE}
-# The settings an extra app copies from the run's, so its jobs reach the same worker and SMTP.
-SHARED_FIELDS = (
-    "redis_url",
-    "celery_broker_url",
-    "celery_visibility_timeout_seconds",
-    "celery_queue",
-    "smtp_host",
-    "smtp_port",
-    "smtp_from",
-    "public_url",
-)
 
 
 # Helpers
@@ -146,15 +133,9 @@ async def stored_user(db: AsyncSession, user_id: int) -> User:
 async def extra_app(settings: Settings, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
     """Another app on the run's database (and Redis, broker and SMTP server, unless
     overridden), started and stopped with its lifespan; stopping drains its in-process jobs."""
-    values = {name: getattr(settings, name) for name in SHARED_FIELDS}
-    data_dir = overrides.pop("data_dir", settings.data_dir)
-    configured = make_settings(str(settings.database_url), data_dir, **(values | overrides))
-    application = create_app(configured, configure_logs=False)
-    async with (
-        LifespanManager(application, shutdown_timeout=60),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=application), base_url="http://extra"
-        ) as client,
+    async with running_app(settings_like(settings, **overrides), shutdown_timeout=60) as (
+        _,
+        client,
     ):
         yield client
 

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.models import User
-from tests.conftest import SERVICES, make_settings, running_app
+from tests.conftest import SERVICES, running_app, settings_like
 from tests.factories import PASSWORD, register
 
 WRONG = "not the password"
@@ -55,13 +55,6 @@ def assert_rate_limited(response: httpx.Response, window_seconds: int) -> int:
     assert retry_after.isdigit(), retry_after
     assert 1 <= int(retry_after) <= window_seconds
     return int(retry_after)
-
-
-def settings_like(settings: Settings, **overrides: object) -> Settings:
-    assert settings.database_url is not None
-    return make_settings(
-        settings.database_url, settings.data_dir, redis_url=settings.redis_url, **overrides
-    )
 
 
 @asynccontextmanager

@@ -28,9 +28,9 @@ from tests.conftest import (
     ON_CI,
     SERVICES,
     WORKER_VISIBILITY_TIMEOUT_S,
-    make_settings,
     running_app,
     settings_env,
+    settings_like,
 )
 from tests.factories import Account, create_post, register
 from tests.redis_server import free_port
@@ -45,16 +45,6 @@ MAIL_TIMEOUT_S = 30.0
 JOB_TIMEOUT_S = 60.0
 REDELIVERY_TIMEOUT_S = WORKER_VISIBILITY_TIMEOUT_S + 30
 VARIANTS = {"original", "large", "medium", "thumb"}
-SHARED_FIELDS = (
-    "redis_url",
-    "celery_broker_url",
-    "celery_visibility_timeout_seconds",
-    "celery_queue",
-    "smtp_host",
-    "smtp_port",
-    "smtp_from",
-    "public_url",
-)
 
 
 # Helpers
@@ -152,11 +142,7 @@ async def wait_for_email_task(app: FastAPI, user_id: int, state: TaskState) -> T
 @asynccontextmanager
 async def extra_app(settings: Settings, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
     """Another app on the run's database, Redis, broker and SMTP server unless overridden."""
-    values = {name: getattr(settings, name) for name in SHARED_FIELDS}
-    configured = make_settings(
-        str(settings.database_url), settings.data_dir, **(values | overrides)
-    )
-    async with running_app(configured) as (_, client):
+    async with running_app(settings_like(settings, **overrides)) as (_, client):
         yield client
 
 

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import jwt
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -43,6 +44,16 @@ class Account:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.access_token}"}
+
+
+def bearer(access_token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {access_token}"}
+
+
+def session_id(token: str) -> uuid.UUID:
+    """The session (`sid`) a token belongs to, read without checking the signature."""
+    claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return uuid.UUID(claims["sid"])
 
 
 async def register(

@@ -5,11 +5,8 @@ Services mode only."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,7 +23,7 @@ from app.config import Settings
 from app.models import AuthSession, Post, PostLike
 from app.stores.link import RedisLink
 from tests.conftest import SERVICES
-from tests.factories import PASSWORD, Account, create_post, login, register
+from tests.factories import PASSWORD, Account, bearer, create_post, login, register, session_id
 from tests.live_server import LiveServer, start_server
 from tests.redis_server import RedisServer
 
@@ -109,16 +106,6 @@ async def redis(server: RedisServer) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
-
-
-def session_id(access_token: str) -> uuid.UUID:
-    payload = access_token.split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return uuid.UUID(claims["sid"])
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def get_post(client: httpx.AsyncClient, post_id: int, **kwargs: Any) -> dict[str, Any]:

@@ -9,12 +9,9 @@ Redis returns the app uses it again without a restart and without serving anythi
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,7 +29,7 @@ from app.main import create_app
 from app.models import AuthSession, Post
 from app.stores.link import RedisLink
 from tests.conftest import SERVICES, QueryCounter
-from tests.factories import Account, create_post, login, register
+from tests.factories import Account, bearer, create_post, login, register, session_id
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.skipif(not SERVICES, reason="needs the run's own Redis (services mode)")
@@ -103,16 +100,6 @@ async def paused(server: RedisServer, client: httpx.AsyncClient) -> AsyncIterato
         yield
     finally:
         server.process.send_signal(signal.SIGCONT)
-
-
-def session_id(access_token: str) -> uuid.UUID:
-    payload = access_token.split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return uuid.UUID(claims["sid"])
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def keys(redis: Redis, pattern: str) -> list[bytes]:

@@ -28,7 +28,7 @@ from app.config import Settings
 from app.models import Post, PostLike, User
 from app.security import Passwords
 from tests.conftest import SERVICES, settings_env
-from tests.factories import PASSWORD, Account, create_post, login, register
+from tests.factories import PASSWORD, Account, bearer, create_post, login, register
 from tests.images import jpeg, png, wait_until_processed
 from tests.live_server import LiveServer, start_server
 from tests.services import CeleryWorker
@@ -124,10 +124,6 @@ async def api2(cluster: Cluster) -> AsyncIterator[httpx.AsyncClient]:
         base_url=cluster.api2.url, timeout=REQUEST_TIMEOUT_S, limits=limits
     ) as client:
         yield client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def refresh(client: httpx.AsyncClient, refresh_token: str) -> httpx.Response:

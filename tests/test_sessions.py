@@ -7,13 +7,21 @@ import uuid
 from typing import Any
 
 import httpx
-import jwt
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import User
-from tests.factories import PASSWORD, Account, login, make_admin, register, stored_sessions
+from tests.factories import (
+    PASSWORD,
+    Account,
+    bearer,
+    login,
+    make_admin,
+    register,
+    session_id,
+    stored_sessions,
+)
 from tests.problems import assert_problem
 
 NEW_PASSWORD = "a brand new passphrase"
@@ -21,15 +29,6 @@ SESSION_FIELDS = {"id", "created_at", "last_used_at", "user_agent", "ip", "curre
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def session_id_of(token: str) -> uuid.UUID:
-    claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
-    return uuid.UUID(claims["sid"])
-
-
-def bearer(access_token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {access_token}"}
 
 
 async def stored_password_hash(db: AsyncSession, user_id: int) -> str | None:
@@ -84,11 +83,11 @@ async def test_list_sessions_marks_only_the_callers_session_current(
     assert all(set(s) == SESSION_FIELDS for s in sessions)
     by_id = {uuid.UUID(s["id"]): s for s in sessions}
     assert set(by_id) == set(await stored_sessions(db, alice.id))
-    assert session_id_of(bob.access_token) not in by_id
-    assert by_id[session_id_of(laptop["access_token"])]["current"] is True
-    assert by_id[session_id_of(alice.access_token)]["current"] is False
+    assert session_id(bob.access_token) not in by_id
+    assert by_id[session_id(laptop["access_token"])]["current"] is True
+    assert by_id[session_id(alice.access_token)]["current"] is False
     assert [s["current"] for s in sessions].count(True) == 1
-    current = by_id[session_id_of(laptop["access_token"])]
+    current = by_id[session_id(laptop["access_token"])]
     assert current["user_agent"].startswith("python-httpx")
     assert current["created_at"]
     assert current["last_used_at"]
@@ -104,8 +103,8 @@ async def test_list_sessions_from_the_other_session_flips_current(
 
     current = {uuid.UUID(s["id"]): s["current"] for s in response.json()}
     assert current == {
-        session_id_of(alice.access_token): True,
-        session_id_of(laptop["access_token"]): False,
+        session_id(alice.access_token): True,
+        session_id(laptop["access_token"]): False,
     }
 
 
@@ -122,8 +121,8 @@ async def test_list_sessions_omits_ended_sessions(
     response = await client.get("/api/users/me/sessions", headers=alice.headers)
 
     assert response.status_code == 200
-    assert [uuid.UUID(s["id"]) for s in response.json()] == [session_id_of(alice.access_token)]
-    assert (await stored_sessions(db, alice.id))[session_id_of(laptop["access_token"])] is not None
+    assert [uuid.UUID(s["id"]) for s in response.json()] == [session_id(alice.access_token)]
+    assert (await stored_sessions(db, alice.id))[session_id(laptop["access_token"])] is not None
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
@@ -141,7 +140,7 @@ async def test_delete_session_ends_it_and_its_tokens(
 ) -> None:
     alice = await register(client, "alice")
     laptop = await login(client, "alice")
-    laptop_sid = session_id_of(laptop["access_token"])
+    laptop_sid = session_id(laptop["access_token"])
 
     response = await client.delete(f"/api/users/me/sessions/{laptop_sid}", headers=alice.headers)
 
@@ -149,7 +148,7 @@ async def test_delete_session_ends_it_and_its_tokens(
     assert response.content == b""
     sessions = await stored_sessions(db, alice.id)
     assert sessions[laptop_sid] is not None
-    assert sessions[session_id_of(alice.access_token)] is None
+    assert sessions[session_id(alice.access_token)] is None
     await assert_tokens_dead(
         client, laptop["access_token"], laptop["refresh_token"], "token_revoked"
     )
@@ -160,7 +159,7 @@ async def test_delete_own_current_session_logs_the_caller_out(
     client: httpx.AsyncClient, db: AsyncSession
 ) -> None:
     alice = await register(client, "alice")
-    sid = session_id_of(alice.access_token)
+    sid = session_id(alice.access_token)
 
     response = await client.delete(f"/api/users/me/sessions/{sid}", headers=alice.headers)
 
@@ -174,7 +173,7 @@ async def test_other_user_cannot_delete_my_session(
 ) -> None:
     alice = await register(client, "alice")
     mallory = await register(client, "mallory")
-    alice_sid = session_id_of(alice.access_token)
+    alice_sid = session_id(alice.access_token)
 
     response = await client.delete(f"/api/users/me/sessions/{alice_sid}", headers=mallory.headers)
 
@@ -201,7 +200,7 @@ async def test_delete_already_ended_session_is_404(
 ) -> None:
     alice = await register(client, "alice")
     laptop = await login(client, "alice")
-    laptop_sid = session_id_of(laptop["access_token"])
+    laptop_sid = session_id(laptop["access_token"])
     path = f"/api/users/me/sessions/{laptop_sid}"
     assert (await client.delete(path, headers=alice.headers)).status_code == 204
     revoked_at = (await stored_sessions(db, alice.id))[laptop_sid]
@@ -210,17 +209,17 @@ async def test_delete_already_ended_session_is_404(
     assert (await stored_sessions(db, alice.id))[laptop_sid] == revoked_at
 
 
-@pytest.mark.parametrize("session_id", ["not-a-uuid", "123", "0" * 33, "%20"])
+@pytest.mark.parametrize("bad_id", ["not-a-uuid", "123", "0" * 33, "%20"])
 async def test_delete_session_with_bad_uuid_is_422(
-    client: httpx.AsyncClient, db: AsyncSession, session_id: str
+    client: httpx.AsyncClient, db: AsyncSession, bad_id: str
 ) -> None:
     alice = await register(client, "alice")
 
-    response = await client.delete(f"/api/users/me/sessions/{session_id}", headers=alice.headers)
+    response = await client.delete(f"/api/users/me/sessions/{bad_id}", headers=alice.headers)
 
     body = assert_problem(response, 422, "validation_error")
     assert body["errors"][0]["loc"] == ["path", "session_id"]
-    assert (await stored_sessions(db, alice.id))[session_id_of(alice.access_token)] is None
+    assert (await stored_sessions(db, alice.id))[session_id(alice.access_token)] is None
 
 
 # --- password change ----------------------------------------------------------------------------
@@ -238,9 +237,9 @@ async def test_change_password_ends_other_sessions_and_keeps_the_current_one(
     assert response.content == b""
     assert await stored_password_hash(db, alice.id) != old_hash
     sessions = await stored_sessions(db, alice.id)
-    assert sessions[session_id_of(laptop["access_token"])] is None
-    assert sessions[session_id_of(alice.access_token)] is not None
-    assert sessions[session_id_of(phone["access_token"])] is not None
+    assert sessions[session_id(laptop["access_token"])] is None
+    assert sessions[session_id(alice.access_token)] is not None
+    assert sessions[session_id(phone["access_token"])] is not None
     await assert_tokens_dead(client, alice.access_token, alice.refresh_token, "token_revoked")
     await assert_tokens_dead(client, phone["access_token"], phone["refresh_token"], "token_revoked")
     assert (await me(client, laptop["access_token"])).status_code == 200
@@ -384,7 +383,7 @@ async def test_reactivated_user_does_not_get_old_sessions_back(
     on = await client.patch(path, json={"is_active": True}, headers=admin.headers)
 
     assert on.status_code == 200
-    assert (await stored_sessions(db, alice.id))[session_id_of(alice.access_token)] is not None
+    assert (await stored_sessions(db, alice.id))[session_id(alice.access_token)] is not None
     await assert_tokens_dead(client, alice.access_token, alice.refresh_token, "token_revoked")
     assert (await try_login(client, "alice", PASSWORD)).status_code == 200
 
@@ -406,7 +405,7 @@ async def test_user_deactivated_in_the_database_is_refused_at_once(
     assert_problem(await client.post("/api/token/verify", json={"token": alice.refresh_token}), 401)
     assert_problem(await try_login(client, "alice", PASSWORD), 401)
     # The refresh attempt of an inactive user ends that session.
-    assert (await stored_sessions(db, alice.id))[session_id_of(alice.refresh_token)] is not None
+    assert (await stored_sessions(db, alice.id))[session_id(alice.refresh_token)] is not None
 
 
 async def test_deleted_user_tokens_are_401(client: httpx.AsyncClient, db: AsyncSession) -> None:
@@ -437,4 +436,4 @@ async def test_deleted_user_tokens_do_not_reach_a_new_account_with_the_same_name
     # SQLite may hand the freed id to the new account; the old token's session still died.
     assert_problem(await me(client, alice.access_token), 401)
     assert (await me(client, again.access_token)).json()["id"] == again.id
-    assert session_id_of(alice.access_token) not in await stored_sessions(db, again.id)
+    assert session_id(alice.access_token) not in await stored_sessions(db, again.id)

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.models import AuthSession
 from app.security import fingerprint
-from tests.factories import PASSWORD, Account, login, register, stored_sessions
+from tests.factories import PASSWORD, Account, login, register, session_id, stored_sessions
 from tests.problems import assert_problem
 
 ACCESS_TTL_S = 15 * 60
@@ -36,10 +36,6 @@ OTHER_KEY = "another-secret-another-secret-another-secret-0123"
 def claims_of(token: str) -> dict[str, Any]:
     claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
     return claims
-
-
-def session_id_of(token: str) -> uuid.UUID:
-    return uuid.UUID(claims_of(token)["sid"])
 
 
 def secret(settings: Settings) -> str:
@@ -111,7 +107,7 @@ async def test_login_with_json_returns_token_pair_and_stores_session(
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
     assert_token_pair(body)
-    sid = session_id_of(body["access_token"])
+    sid = session_id(body["access_token"])
     sessions = await stored_sessions(db, alice.id)
     assert sessions[sid] is None
     assert len(sessions) == 2  # registration's and this login's
@@ -133,7 +129,7 @@ async def test_login_with_oauth2_password_form_returns_token_pair(
     assert response.status_code == 200, response.text
     body = response.json()
     assert_token_pair(body)
-    assert session_id_of(body["access_token"]) in await stored_sessions(db, alice.id)
+    assert session_id(body["access_token"]) in await stored_sessions(db, alice.id)
 
 
 async def test_login_at_trailing_slash_path_answers_without_redirect(
@@ -149,7 +145,7 @@ async def test_login_at_trailing_slash_path_answers_without_redirect(
     assert "location" not in response.headers
     body = response.json()
     assert_token_pair(body)
-    assert (await stored_sessions(db, alice.id))[session_id_of(body["access_token"])] is None
+    assert (await stored_sessions(db, alice.id))[session_id(body["access_token"])] is None
 
 
 @pytest.mark.parametrize(
@@ -284,8 +280,8 @@ async def test_each_login_opens_its_own_session(
     second = await login(client, "alice")
 
     first_sid, second_sid = (
-        session_id_of(first["access_token"]),
-        session_id_of(second["access_token"]),
+        session_id(first["access_token"]),
+        session_id(second["access_token"]),
     )
     assert first_sid != second_sid
     sessions = await stored_sessions(db, alice.id)
@@ -298,7 +294,7 @@ async def test_refresh_rotates_the_pair_and_keeps_the_session(
     client: httpx.AsyncClient, db: AsyncSession
 ) -> None:
     alice = await register(client, "alice")
-    sid = session_id_of(alice.refresh_token)
+    sid = session_id(alice.refresh_token)
 
     response = await refresh(client, alice.refresh_token)
 
@@ -307,8 +303,8 @@ async def test_refresh_rotates_the_pair_and_keeps_the_session(
     assert_token_pair(pair)
     assert pair["refresh_token"] != alice.refresh_token
     assert pair["access_token"] != alice.access_token
-    assert session_id_of(pair["refresh_token"]) == sid
-    assert session_id_of(pair["access_token"]) == sid
+    assert session_id(pair["refresh_token"]) == sid
+    assert session_id(pair["access_token"]) == sid
     assert claims_of(pair["refresh_token"])["jti"] != claims_of(alice.refresh_token)["jti"]
     assert await stored_refresh_hash(db, sid) == fingerprint(pair["refresh_token"])
     assert (await stored_sessions(db, alice.id))[sid] is None
@@ -330,7 +326,7 @@ async def test_reusing_a_spent_refresh_token_revokes_the_whole_session(
     client: httpx.AsyncClient, db: AsyncSession
 ) -> None:
     alice = await register(client, "alice")
-    sid = session_id_of(alice.refresh_token)
+    sid = session_id(alice.refresh_token)
     newest = (await refresh(client, alice.refresh_token)).json()
 
     replay = await refresh(client, alice.refresh_token)
@@ -354,8 +350,8 @@ async def test_reusing_a_spent_refresh_token_leaves_other_sessions_alone(
     assert_problem(await refresh(client, alice.refresh_token), 401, "token_reused")
 
     sessions = await stored_sessions(db, alice.id)
-    assert sessions[session_id_of(alice.refresh_token)] is not None
-    assert sessions[session_id_of(other["refresh_token"])] is None
+    assert sessions[session_id(alice.refresh_token)] is not None
+    assert sessions[session_id(other["refresh_token"])] is None
     assert (await me(client, other["access_token"])).status_code == 200
     assert (await refresh(client, other["refresh_token"])).status_code == 200
 
@@ -364,7 +360,7 @@ async def test_concurrent_refreshes_with_the_same_token_yield_at_most_one_pair(
     client: httpx.AsyncClient, db: AsyncSession
 ) -> None:
     alice = await register(client, "alice")
-    sid = session_id_of(alice.refresh_token)
+    sid = session_id(alice.refresh_token)
 
     responses = await asyncio.gather(*(refresh(client, alice.refresh_token) for _ in range(4)))
 
@@ -384,7 +380,7 @@ async def test_access_token_is_rejected_as_refresh_token(
     client: httpx.AsyncClient, db: AsyncSession
 ) -> None:
     alice = await register(client, "alice")
-    sid = session_id_of(alice.access_token)
+    sid = session_id(alice.access_token)
 
     response = await refresh(client, alice.access_token)
 
@@ -403,7 +399,7 @@ async def test_refresh_token_is_rejected_as_access_token(
 
     assert_problem(response, 401, "token_invalid")
     assert response.headers["www-authenticate"].lower().startswith("bearer")
-    assert (await stored_sessions(db, alice.id))[session_id_of(alice.refresh_token)] is None
+    assert (await stored_sessions(db, alice.id))[session_id(alice.refresh_token)] is None
 
 
 async def test_expired_refresh_token_is_401(
@@ -414,7 +410,7 @@ async def test_expired_refresh_token_is_401(
     expired = sign(settings, {**claims_of(alice.refresh_token), "iat": now - 600, "exp": now - 60})
 
     assert_problem(await refresh(client, expired), 401, "token_expired")
-    assert (await stored_sessions(db, alice.id))[session_id_of(alice.refresh_token)] is None
+    assert (await stored_sessions(db, alice.id))[session_id(alice.refresh_token)] is None
 
 
 @pytest.mark.parametrize("token", ["garbage", "a.b.c", "x" * 4096, "eyJhbGciOiJIUzI1NiJ9.e30."])
@@ -429,7 +425,7 @@ async def test_refresh_token_of_a_revoked_session_is_401(
     assert (await revoke(client, alice.refresh_token)).status_code == 204
 
     assert_problem(await refresh(client, alice.refresh_token), 401, "token_revoked")
-    assert (await stored_sessions(db, alice.id))[session_id_of(alice.refresh_token)] is not None
+    assert (await stored_sessions(db, alice.id))[session_id(alice.refresh_token)] is not None
 
 
 @pytest.mark.parametrize(
@@ -545,7 +541,7 @@ async def test_forged_access_tokens_are_401_never_500(
     assert_problem(response, 401, *codes)
     assert response.headers["www-authenticate"].lower().startswith("bearer")
     assert_problem(await verify(client, token), 401, *codes)
-    assert (await stored_sessions(db, alice.id))[session_id_of(alice.access_token)] is None
+    assert (await stored_sessions(db, alice.id))[session_id(alice.access_token)] is None
 
 
 async def test_token_crafted_with_the_configured_key_and_claims_is_accepted(
@@ -626,7 +622,7 @@ async def test_verify_accepts_live_access_and_refresh_tokens(
         assert response.status_code == 200, response.text
         assert response.json() == {}
     # Verifying spends nothing.
-    assert await stored_refresh_hash(db, session_id_of(alice.refresh_token)) == fingerprint(
+    assert await stored_refresh_hash(db, session_id(alice.refresh_token)) == fingerprint(
         alice.refresh_token
     )
     assert (await refresh(client, alice.refresh_token)).status_code == 200
@@ -640,7 +636,7 @@ async def test_verify_rejects_tokens_of_a_revoked_session(
 
     assert_problem(await verify(client, alice.access_token), 401, "token_revoked")
     assert_problem(await verify(client, alice.refresh_token), 401, "token_revoked")
-    assert (await stored_sessions(db, alice.id))[session_id_of(alice.refresh_token)] is not None
+    assert (await stored_sessions(db, alice.id))[session_id(alice.refresh_token)] is not None
 
 
 async def test_verify_rejects_a_spent_refresh_token_but_accepts_its_successor(
@@ -684,7 +680,7 @@ async def test_revoke_ends_the_session_and_its_access_token_at_once(
 ) -> None:
     alice = await register(client, "alice")
     assert (await me(client, alice.access_token)).status_code == 200
-    sid = session_id_of(alice.refresh_token)
+    sid = session_id(alice.refresh_token)
 
     response = await revoke(client, alice.refresh_token)
 
@@ -703,7 +699,7 @@ async def test_revoke_after_rotation_ends_every_token_of_the_session(
 
     assert (await revoke(client, newest["refresh_token"])).status_code == 204
 
-    assert (await stored_sessions(db, alice.id))[session_id_of(alice.refresh_token)] is not None
+    assert (await stored_sessions(db, alice.id))[session_id(alice.refresh_token)] is not None
     for token in (alice.access_token, newest["access_token"]):
         assert_problem(await me(client, token), 401, "token_revoked")
     assert_problem(await refresh(client, newest["refresh_token"]), 401)
@@ -718,14 +714,14 @@ async def test_revoke_leaves_other_sessions_alive(
     assert (await revoke(client, alice.refresh_token)).status_code == 204
 
     sessions = await stored_sessions(db, alice.id)
-    assert sessions[session_id_of(alice.refresh_token)] is not None
-    assert sessions[session_id_of(other["refresh_token"])] is None
+    assert sessions[session_id(alice.refresh_token)] is not None
+    assert sessions[session_id(other["refresh_token"])] is None
     assert (await me(client, other["access_token"])).status_code == 200
 
 
 async def test_revoke_twice_is_harmless(client: httpx.AsyncClient, db: AsyncSession) -> None:
     alice = await register(client, "alice")
-    sid = session_id_of(alice.refresh_token)
+    sid = session_id(alice.refresh_token)
     assert (await revoke(client, alice.refresh_token)).status_code == 204
     revoked_at = (await stored_sessions(db, alice.id))[sid]
 
@@ -741,7 +737,7 @@ async def test_revoke_with_an_access_token_is_refused_and_ends_nothing(
 
     assert_problem(await revoke(client, alice.access_token), 401, "token_invalid")
 
-    assert (await stored_sessions(db, alice.id))[session_id_of(alice.access_token)] is None
+    assert (await stored_sessions(db, alice.id))[session_id(alice.access_token)] is None
     assert (await me(client, alice.access_token)).status_code == 200
 
 
@@ -754,7 +750,7 @@ async def test_revoke_with_a_forged_refresh_token_ends_nothing(
     assert_problem(await revoke(client, forged), 401, "token_invalid")
     assert_problem(await revoke(client, "garbage"), 401, "token_invalid")
 
-    assert (await stored_sessions(db, alice.id))[session_id_of(alice.refresh_token)] is None
+    assert (await stored_sessions(db, alice.id))[session_id(alice.refresh_token)] is None
     assert (await me(client, alice.access_token)).status_code == 200
 
 
@@ -770,5 +766,5 @@ async def test_token_of_one_user_cannot_revoke_another_users_session(
 
     await revoke(client, crossed)
 
-    assert (await stored_sessions(db, alice.id))[session_id_of(alice.refresh_token)] is None
+    assert (await stored_sessions(db, alice.id))[session_id(alice.refresh_token)] is None
     assert (await me(client, alice.access_token)).status_code == 200

@@ -1,5 +1,5 @@
-"""The OpenAPI document as a contract: errors documented as problem+json only, and no
-FastAPI default validation schema that the API never sends."""
+"""The OpenAPI document as a contract: errors documented as problem+json only, optional
+authentication said where it is optional, and the bodies parsed by hand in its components."""
 
 from __future__ import annotations
 
@@ -14,10 +14,8 @@ from starlette.routing import BaseRoute
 
 from app.dependencies import current_principal, optional_principal
 from app.errors import PROBLEM_JSON
-from app.schemas.common import problem_responses
 from app.schemas.token import LoginRequest
 
-_FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 # Bodies parsed by hand (JSON or a form) and referenced from `openapi_extra`.
 _REFERENCED_ONLY = (LoginRequest,)
 
@@ -41,24 +39,19 @@ def install_openapi(app: FastAPI) -> None:
 
 
 def clean_up(schema: dict[str, Any], optional_auth: set[str]) -> dict[str, Any]:
-    """Every error response carries `application/problem+json` and nothing else; FastAPI's own
-    422 schema (which Inkwell never sends) is replaced by the Problem document; routes that
-    anyone may call, and that answer more to a signed-in caller, say the token is optional."""
-    problem_422 = problem_responses(422)[422]
-    problem_422 = {"description": problem_422["description"], "content": problem_422["content"]}
+    """Every error response carries `application/problem+json` and nothing else (routes declare
+    their errors, 422 included, with `problem_responses`, so FastAPI adds no 422 schema of its
+    own); routes that anyone may call, and that answer more to a signed-in caller, say the
+    token is optional."""
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
             if operation.get("operationId") in optional_auth:
                 operation["security"] = [{}, *operation.get("security", [])]
-            for status, response in operation.get("responses", {}).items():
+            for response in operation.get("responses", {}).values():
                 content = response.get("content", {})
-                if "HTTPValidationError" in str(content):
-                    operation["responses"][status] = problem_422
-                elif PROBLEM_JSON in content:
+                if PROBLEM_JSON in content:
                     response["content"] = {PROBLEM_JSON: content[PROBLEM_JSON]}
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for name in _FASTAPI_VALIDATION_SCHEMAS:
-        components.pop(name, None)
     for model in _REFERENCED_ONLY:
         components.setdefault(
             model.__name__, model.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -21,7 +21,7 @@ TaskId = Annotated[str, Path(max_length=36, description="The task's id")]
     description="State (`PENDING`, `STARTED`, `RETRY`, `SUCCESS`, `FAILURE`) and result; "
     "only for the user who queued it.",
     response_model=TaskOut,
-    responses=problem_responses(401, 404),
+    responses=problem_responses(401, 404, 422),
 )
 async def read_task(task_id: TaskId, caller: CurrentPrincipal, db: DbSession) -> TaskOut:
     return await tasks.get(db, task_id, caller.id)

@@ -209,7 +209,7 @@ async def admin_update(
     operation_id="users-delete",
     summary="Delete a user (admin)",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(401, 403, 404, 409),
+    responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def admin_delete(
     _: AdminPrincipal, user: UserById, db: DbSession, backends: BackendsDep

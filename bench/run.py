@@ -618,16 +618,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--login-connections", type=int, default=8)
     parser.add_argument("--posts", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=10.0, help="wrk's per-request timeout")
-    parser.add_argument(
-        "--admin-url",
-        default=os.environ.get(
-            "BENCH_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-        help="a PostgreSQL URL allowed to CREATE DATABASE (env BENCH_ADMIN_DATABASE_URL)",
-    )
-    parser.add_argument(
-        "--redis-server", default=shutil.which("redis-server") or "/usr/bin/redis-server"
-    )
+    add_service_arguments(parser)
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json")
     args = parser.parse_args(argv)
     seconds = 3.0 if args.quick else args.duration
@@ -944,6 +935,20 @@ def print_report(report: Report, options: Options) -> None:
             print(f"    idle in transaction after {query!r}: {n} samples")
     print()
     print(f"JSON: {options.output}")
+
+
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the benchmarks find PostgreSQL (to create their database) and redis-server."""
+    parser.add_argument(
+        "--admin-url",
+        default=os.environ.get(
+            "BENCH_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="a PostgreSQL URL allowed to CREATE DATABASE (env BENCH_ADMIN_DATABASE_URL)",
+    )
+    parser.add_argument(
+        "--redis-server", default=shutil.which("redis-server") or "/usr/bin/redis-server"
+    )
 
 
 def run_and_clean_up(bench: Bench, body: Callable[[], None]) -> int | None:

@@ -76,6 +76,7 @@ from run import (
     Processes,
     Seeded,
     Wrk,
+    add_service_arguments,
     free_port,
     post_json,
     run_and_clean_up,
@@ -717,16 +718,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     parser.add_argument(
         "--attempts", type=int, default=3, help="measurements at most, the least disturbed kept"
     )
-    parser.add_argument(
-        "--admin-url",
-        default=os.environ.get(
-            "BENCH_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-        help="a PostgreSQL URL allowed to CREATE DATABASE (env BENCH_ADMIN_DATABASE_URL)",
-    )
-    parser.add_argument(
-        "--redis-server", default=shutil.which("redis-server") or "/usr/bin/redis-server"
-    )
+    add_service_arguments(parser)
     parser.add_argument(
         "--gunicorn-venv", type=Path, help="an environment with gunicorn and uvicorn-worker"
     )

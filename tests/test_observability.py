@@ -30,6 +30,8 @@ from app.main import create_app
 from app.metrics import UNMATCHED_ROUTE
 from app.middleware import RequestContext, request_context
 from app.models import Task
+from app.routes import health as health_routes
+from app.services import tasks as task_service
 from app.tasks.jobs import PROCESS_IMAGE
 from tests import images
 from tests.conftest import SERVICES, running_app, settings_env
@@ -823,3 +825,23 @@ async def test_metrics_add_up_every_worker_process_of_one_server(
     for after in scrapes:  # the same sum, whichever process answered
         assert after.value(REQUESTS, **labels) - before.value(REQUESTS, **labels) == 40
     assert not metric_files(tmp_path, "inkwell-metrics-*"), "removed when the server stops"
+
+
+async def test_metrics_answer_without_task_counts_when_the_database_is_slow(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A scrape is most wanted when the database struggles: it must not wait on it.
+    async def stuck(db: AsyncSession) -> list[tuple[str, str, int]]:
+        await asyncio.sleep(60)
+        return []
+
+    monkeypatch.setattr(task_service, "counts_by_state", stuck)
+    monkeypatch.setattr(health_routes, "TASK_COUNT_TIMEOUT_S", 0.2)
+    assert (await client.get("/health")).status_code == 200
+    started = time.monotonic()
+
+    scraped = await scrape(client)
+
+    assert time.monotonic() - started < 5
+    assert scraped.series(REQUESTS), "the request metrics are there"
+    assert not scraped.series("inkwell_tasks")

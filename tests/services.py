@@ -74,10 +74,17 @@ def text_body(message: EmailMessage) -> str:
 class CeleryWorker:
     """`python -m app worker` as a subprocess, with the test run's settings in its environment."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        concurrency: int = 2,
+        loglevel: str = "INFO",
+    ) -> None:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.log_path = log_path
         self.concurrency = concurrency
+        self.loglevel = loglevel
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, pool: str = "prefork") -> None:
@@ -85,7 +92,8 @@ class CeleryWorker:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: S603 - our own command
             [sys.executable, "-m", "app", "worker",
-             f"--concurrency={self.concurrency}", f"--pool={pool}"],
+             f"--concurrency={self.concurrency}", f"--pool={pool}",
+             f"--loglevel={self.loglevel}"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip

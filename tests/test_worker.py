@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -366,3 +367,15 @@ async def test_jobs_run_through_a_rabbitmq_broker(
     finally:
         await asyncio.to_thread(rabbit_worker.stop)
         await asyncio.to_thread(delete_rabbitmq_queue, queue)
+
+
+def test_worker_takes_its_log_level_in_any_case(settings: Settings, tmp_path: Path) -> None:
+    # Celery's own spelling is lower case (`--loglevel debug`); the worker must start with it.
+    queue = f"inkwell-loglevel-{uuid.uuid4().hex[:8]}"
+    env = settings_env(settings) | {"CELERY_QUEUE": queue}
+    worker = CeleryWorker(env, tmp_path / "worker.log", concurrency=1, loglevel="debug")
+    worker.start()  # raises unless the worker says it is ready
+    try:
+        assert "DEBUG" in (tmp_path / "worker.log").read_text(errors="replace")
+    finally:
+        worker.stop()

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     # Failed logins per account from all addresses together: over it, an address that already
     # failed for the account within this window is refused until its failure leaves the window.
     rate_limit_login_account_ceiling: str = "100/hour"
+    # An address the account logged in from within this many days is exempt from the ceiling.
+    login_known_address_days: int = Field(default=30, ge=0)
     rate_limit_register_ip: str = "10/minute"
     rate_limit_password_reset_ip: str = "5/minute"  # noqa: S105 - a rate, not a secret
 

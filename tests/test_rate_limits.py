@@ -231,6 +231,35 @@ async def test_account_ceiling_stops_a_distributed_attack_but_not_the_owner(
         assert response.status_code == 200, response.text
 
 
+@pytest.mark.parametrize(("days", "exempt"), [(30, True), (0, False)])
+async def test_an_address_the_owner_logged_in_from_is_exempt_from_the_ceiling(
+    client: httpx.AsyncClient, settings: Settings, days: int, exempt: bool
+) -> None:
+    """A typo at home during an attack does not lock the owner out (LOGIN_KNOWN_ADDRESS_DAYS)."""
+    alice = await register(client)
+    tight = settings_like(
+        settings, rate_limit_login_account_ceiling="6/hour", login_known_address_days=days
+    )
+    async with running_app(tight, ip="198.51.100.6") as (application, home):
+        assert (await attempt(home, alice.username, PASSWORD)).status_code == 200
+        for n in range(3):
+            async with client_from(application, f"203.0.113.{n}") as attacker:
+                for _ in range(2):
+                    assert (await attempt(attacker, alice.username, WRONG)).status_code == 401
+        assert (await attempt(home, alice.username, WRONG)).status_code == 401  # a typo
+
+        response = await attempt(home, alice.username, PASSWORD)
+        if exempt:
+            assert response.status_code == 200, response.text
+        else:
+            assert_rate_limited(response, 3600, "login_throttled")
+        # The attackers' addresses never logged in: they still wait.
+        async with client_from(application, "203.0.113.0") as attacker:
+            assert_rate_limited(
+                await attempt(attacker, alice.username, WRONG), 3600, "login_throttled"
+            )
+
+
 async def test_an_address_that_failed_may_try_again_once_the_ceiling_has_room(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
@@ -371,13 +400,14 @@ def test_invalid_rate_limit_from_the_environment_is_refused(
 
 
 def test_default_limits_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (*LIMIT_SETTINGS, "RATE_LIMITS_ENABLED"):
+    for name in (*LIMIT_SETTINGS, "RATE_LIMITS_ENABLED", "LOGIN_KNOWN_ADDRESS_DAYS"):
         monkeypatch.delenv(name.upper(), raising=False)
     defaults = Settings(_env_file=None)
     assert defaults.rate_limits_enabled is True
     assert defaults.rate_limit_login_ip == "10/minute"
     assert defaults.rate_limit_login_account == "5/15 minutes"
     assert defaults.rate_limit_login_account_ceiling == "100/hour"
+    assert defaults.login_known_address_days == 30
     assert defaults.rate_limit_register_ip == "10/minute"
 
 

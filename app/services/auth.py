@@ -72,6 +72,8 @@ async def authenticate(
     assert user is not None, "verify() is False without a hash"
     if not user.is_active:
         raise InactiveUser
+    if limiter.remembers_addresses:
+        await limiter.record(limiter.login_known_address, account, network)
     if security.passwords.needs_rehash(user.password_hash):
         user.password_hash = await security.passwords.hash(password)
     return user
@@ -84,12 +86,20 @@ async def _admit(limiter: RateLimiter, account: str, network: str) -> None:
     other clients, the owner's among them, are not. Many clients together stay bounded by the
     account-wide ceiling: while it is full, a client that already failed for the account within
     the ceiling's window waits (`login_throttled`), so each attacking address gets one guess per
-    window. A client that never failed always has its password checked: an attacker cannot lock
-    the owner out, at the price that every fresh address an attacker has buys one more guess.
+    window, unless the account logged in from it lately (the owner's typo at home). A client that
+    never failed always has its password checked: an attacker cannot lock the owner out, at the
+    price that every fresh address an attacker has buys one more guess.
     """
     await limiter.check(limiter.login_account, account, network)
     ceiling, failed = limiter.login_account_ceiling, limiter.login_failed_recently
-    if await limiter.used_up(ceiling, account) and await limiter.used_up(failed, account, network):
+    if (
+        await limiter.used_up(ceiling, account)
+        and await limiter.used_up(failed, account, network)
+        and not (
+            limiter.remembers_addresses
+            and await limiter.used_up(limiter.login_known_address, account, network)
+        )
+    ):
         # Either window making room lets this client try again.
         wait = min(
             await limiter.retry_after(ceiling, account),

@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from limits import RateLimitItem, parse
+from limits import RateLimitItem, RateLimitItemPerDay, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
@@ -81,6 +81,12 @@ class RateLimiter:
             LoginThrottled,
         )
         self.login_failed_recently = Limit("login-account-client-failed", _one_per_window(ceiling))
+        # Clients the account logged in from lately: the ceiling does not stop them.
+        days = settings.login_known_address_days
+        self.remembers_addresses = days > 0
+        self.login_known_address = Limit(
+            "login-account-client-known", RateLimitItemPerDay(1, max(days, 1))
+        )
         self.register_ip = Limit(
             "register-ip",
             parse(settings.rate_limit_register_ip),

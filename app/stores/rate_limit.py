@@ -75,7 +75,7 @@ class RateLimiter:
         # already failed for the account within the window waits (see services/auth.py).
         ceiling = parse(settings.rate_limit_login_account_ceiling)
         self.login_account_ceiling = Limit(
-            "login-account",
+            "login-account-all",
             ceiling,
             "Too many failed logins for this account from many addresses, yours among them",
             LoginThrottled,

@@ -80,7 +80,14 @@ class Settings(BaseSettings):
     # Rate limits, in the `limits` notation ("10/minute", "5 per 15 minutes").
     rate_limits_enabled: bool = True
     rate_limit_login_ip: str = "10/minute"
+    # Failed logins per account *from one client address* (an IPv6 /64): that address is locked
+    # out of that account; the owner elsewhere is not.
     rate_limit_login_account: str = "5/15 minutes"
+    # Failed logins per account from all addresses together: over it, an address that already
+    # failed for the account within this window is refused until its failure leaves the window.
+    rate_limit_login_account_ceiling: str = "100/hour"
+    # An address the account logged in from within this many days is exempt from the ceiling.
+    login_known_address_days: int = Field(default=30, ge=0)
     rate_limit_register_ip: str = "10/minute"
     rate_limit_password_reset_ip: str = "5/minute"  # noqa: S105 - a rate, not a secret
 
@@ -148,6 +155,7 @@ class Settings(BaseSettings):
     @field_validator(
         "rate_limit_login_ip",
         "rate_limit_login_account",
+        "rate_limit_login_account_ceiling",
         "rate_limit_register_ip",
         "rate_limit_password_reset_ip",
         "rate_limit_verify_resend",

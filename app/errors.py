@@ -160,15 +160,40 @@ class UnsupportedMediaType(AppError):
 
 
 class RateLimited(AppError):
+    """429: `what` names the limit, `retry_after` (seconds) is when its window has room again."""
+
     status = 429
     code = "rate_limited"
     title = "Too many requests"
+    detail = "Too many requests"
 
-    def __init__(self, retry_after: int) -> None:
+    def __init__(self, retry_after: int, what: str | None = None) -> None:
+        self.retry_after = retry_after
         super().__init__(
-            f"Too many attempts; try again in {retry_after} s.",
+            f"{what or self.detail}; try again in {_wait(retry_after)}.",
             headers={"Retry-After": str(retry_after)},
         )
+
+
+class LoginLocked(RateLimited):
+    code = "login_locked"
+    title = "Login locked"
+    detail = "Too many failed logins for this account from your address"
+
+
+class LoginThrottled(RateLimited):
+    code = "login_throttled"
+    title = "Login throttled"
+    detail = "Too many failed logins for this account"
+
+
+def _wait(seconds: int) -> str:
+    """A whole number of seconds, minutes or hours, rounded up: never sooner than the truth."""
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= 2 * size:
+            n = -(-seconds // size)
+            return f"{n} {unit}s"
+    return f"{seconds} second{'' if seconds == 1 else 's'}"
 
 
 class ServiceUnavailable(AppError):

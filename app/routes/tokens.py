@@ -75,7 +75,10 @@ _LOGIN_BODY = {
     description="Exchange a username (or e-mail) and password for an access and refresh token "
     "pair. Accepts JSON or the OAuth2 password-flow form "
     "(`application/x-www-form-urlencoded`: `grant_type=password`, `username`, `password`). "
-    "Unknown users and wrong passwords get the same answer.",
+    "Unknown users and wrong passwords get the same answer. Too many attempts answer 429 with "
+    "`Retry-After`: `rate_limited` per client address, `login_locked` after failed logins of "
+    "this account from this address, `login_throttled` while the account's ceiling of failures "
+    "from all addresses is full and this address already failed.",
     response_model=TokenPair,
     responses=problem_responses(401, 422, 429),
     openapi_extra={"requestBody": _LOGIN_BODY},

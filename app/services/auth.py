@@ -22,7 +22,7 @@ from app.schemas.token import TokenPair
 from app.schemas.user import SessionOut
 from app.security import IssuedToken, TokenClaims, fingerprint
 from app.services.security import Client, Security
-from app.stores.rate_limit import RateLimiter
+from app.stores.rate_limit import RateLimiter, client_network
 from app.stores.sessions import CachedSession, SessionCache
 
 USER_AGENT_MAX = 255
@@ -51,26 +51,61 @@ async def authenticate(
 ) -> User:
     """The user with this username or e-mail and password; the same answer and cost if unknown.
 
-    Rate limited per client IP, and per account on failures: a locked account is refused even
-    with the right password until its window passes.
+    Rate limited per client address (all attempts), and on failures per account *and* client
+    address, under an account-wide ceiling: see `_admit`. Nothing is reset by a success, so
+    nobody can clear counters by logging in between guesses.
     """
-    await limiter.hit(limiter.login_ip, client.ip)
+    network = client_network(client.ip)
+    await limiter.hit(limiter.login_ip, network)
     login = login.strip().lower()
     column = User.email if "@" in login else User.username
     user = await db.scalar(select(User).where(column == login))
     # End the transaction before hashing: no pooled connection waits on the CPU-bound check.
     await db.commit()
     account = f"user:{user.id}" if user else f"login:{login}"
-    await limiter.check(limiter.login_account, account)
+    await _admit(limiter, account, network)
     if not await security.passwords.verify(user.password_hash if user else None, password):
-        await limiter.hit(limiter.login_account, account)
+        await limiter.record(limiter.login_account, account, network)
+        await limiter.record(limiter.login_account_ceiling, account)
+        await limiter.record(limiter.login_failed_recently, account, network)
         raise InvalidCredentials
     assert user is not None, "verify() is False without a hash"
     if not user.is_active:
         raise InactiveUser
+    if limiter.remembers_addresses:
+        await limiter.record(limiter.login_known_address, account, network)
     if security.passwords.needs_rehash(user.password_hash):
         user.password_hash = await security.passwords.hash(password)
     return user
+
+
+async def _admit(limiter: RateLimiter, account: str, network: str) -> None:
+    """Refuse a login before its password is checked, when this client may not guess now.
+
+    A client that failed too often for this account is locked out of it (`login_locked`);
+    other clients, the owner's among them, are not. Many clients together stay bounded by the
+    account-wide ceiling: while it is full, a client that already failed for the account within
+    the ceiling's window waits (`login_throttled`), so each attacking address gets one guess per
+    window, unless the account logged in from it lately (the owner's typo at home). A client that
+    never failed always has its password checked: an attacker cannot lock the owner out, at the
+    price that every fresh address an attacker has buys one more guess.
+    """
+    await limiter.check(limiter.login_account, account, network)
+    ceiling, failed = limiter.login_account_ceiling, limiter.login_failed_recently
+    if (
+        await limiter.used_up(ceiling, account)
+        and await limiter.used_up(failed, account, network)
+        and not (
+            limiter.remembers_addresses
+            and await limiter.used_up(limiter.login_known_address, account, network)
+        )
+    ):
+        # Either window making room lets this client try again.
+        wait = min(
+            await limiter.retry_after(ceiling, account),
+            await limiter.retry_after(failed, account, network),
+        )
+        raise ceiling.refusal(wait)
 
 
 async def start_session(

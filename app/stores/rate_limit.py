@@ -8,35 +8,100 @@ precisely, and the site stays usable.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from dataclasses import dataclass
 
-from limits import RateLimitItem, parse
+from limits import RateLimitItem, RateLimitItemPerDay, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from app.config import Settings
-from app.errors import RateLimited
+from app.errors import LoginLocked, LoginThrottled, RateLimited
 from app.stores.link import PREFIX, RedisLink
+
+# One IPv6 host is usually given a whole /64: counting its addresses apart would let it try
+# from 2**64 "clients".
+IPV6_CLIENT_PREFIX = 64
 
 
 @dataclass(frozen=True, slots=True)
 class Limit:
     name: str
     item: RateLimitItem
+    # What the 429 says is limited ("...; try again in 3 minutes"), and its problem type.
+    what: str = "Too many requests"
+    error: type[RateLimited] = RateLimited
+
+    def refusal(self, retry_after: int) -> RateLimited:
+        return self.error(retry_after, self.what)
+
+
+def client_network(ip: str) -> str:
+    """The key a client address is counted under: the address itself for IPv4, its /64 for
+    IPv6 (an IPv4-mapped IPv6 address counts as the IPv4 one)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False))
+    return str(address)
+
+
+def _one_per_window(item: RateLimitItem) -> RateLimitItem:
+    return type(item)(1, item.multiples)
 
 
 class RateLimiter:
     def __init__(self, settings: Settings, link: RedisLink | None) -> None:
         self.enabled = settings.rate_limits_enabled
-        self.login_ip = Limit("login-ip", parse(settings.rate_limit_login_ip))
-        self.login_account = Limit("login-account", parse(settings.rate_limit_login_account))
-        self.register_ip = Limit("register-ip", parse(settings.rate_limit_register_ip))
-        self.password_reset_ip = Limit(
-            "password-reset-ip", parse(settings.rate_limit_password_reset_ip)
+        self.login_ip = Limit(
+            "login-ip",
+            parse(settings.rate_limit_login_ip),
+            "Too many login attempts from your address",
         )
-        self.verify_resend = Limit("verify-resend", parse(settings.rate_limit_verify_resend))
+        # Failed logins of one account from one client: the lock-out its owner could meet.
+        self.login_account = Limit(
+            "login-account-client",
+            parse(settings.rate_limit_login_account),
+            "Too many failed logins for this account from your address",
+            LoginLocked,
+        )
+        # Failed logins of one account from every client together: over it, a client that
+        # already failed for the account within the window waits (see services/auth.py).
+        ceiling = parse(settings.rate_limit_login_account_ceiling)
+        self.login_account_ceiling = Limit(
+            "login-account-all",
+            ceiling,
+            "Too many failed logins for this account from many addresses, yours among them",
+            LoginThrottled,
+        )
+        self.login_failed_recently = Limit("login-account-client-failed", _one_per_window(ceiling))
+        # Clients the account logged in from lately: the ceiling does not stop them.
+        days = settings.login_known_address_days
+        self.remembers_addresses = days > 0
+        self.login_known_address = Limit(
+            "login-account-client-known", RateLimitItemPerDay(1, max(days, 1))
+        )
+        self.register_ip = Limit(
+            "register-ip",
+            parse(settings.rate_limit_register_ip),
+            "Too many registrations from your address",
+        )
+        self.password_reset_ip = Limit(
+            "password-reset-ip",
+            parse(settings.rate_limit_password_reset_ip),
+            "Too many password reset requests from your address",
+        )
+        self.verify_resend = Limit(
+            "verify-resend",
+            parse(settings.rate_limit_verify_resend),
+            "Too many verification e-mails requested for this account",
+        )
         self._link = link
         self._memory = MovingWindowRateLimiter(MemoryStorage())
         self._shared: MovingWindowRateLimiter | None = None
@@ -49,23 +114,44 @@ class RateLimiter:
             )
             self._shared = MovingWindowRateLimiter(storage)
 
-    async def hit(self, limit: Limit, key: str) -> None:
-        """Count one event; 429 if it is over the limit."""
+    async def hit(self, limit: Limit, *key: str) -> None:
+        """Count one event; 429 if it is over the limit (and then it is not counted)."""
         if self.enabled and not await self._call("hit", limit, key):
-            raise RateLimited(retry_after=await self._retry_after(limit, key))
+            raise limit.refusal(await self.retry_after(limit, *key))
 
-    async def check(self, limit: Limit, key: str) -> None:
+    async def check(self, limit: Limit, *key: str) -> None:
         """429 if the limit is already used up, without counting anything."""
-        if self.enabled and not await self._call("test", limit, key):
-            raise RateLimited(retry_after=await self._retry_after(limit, key))
+        if await self.used_up(limit, *key):
+            raise limit.refusal(await self.retry_after(limit, *key))
+
+    async def record(self, limit: Limit, *key: str) -> None:
+        """Count one event that has happened anyway; a full window stays full."""
+        if self.enabled:
+            await self._call("hit", limit, key)
+
+    async def used_up(self, limit: Limit, *key: str) -> bool:
+        """Whether one more event would be over the limit (never, with the limits off)."""
+        return self.enabled and not await self._call("test", limit, key)
+
+    async def retry_after(self, limit: Limit, *key: str) -> int:
+        """Whole seconds until the window of a used-up limit has room again: its oldest
+        counted event leaves the moving window then."""
+        ids = (limit.name, *key)
+        stats = None
+        if self._shared is not None and self._link is not None:
+            shared = self._shared
+            stats = await self._link.call(lambda _: shared.get_window_stats(limit.item, *ids), None)
+        if stats is None:
+            stats = await self._memory.get_window_stats(limit.item, *ids)
+        return max(1, math.ceil(stats.reset_time - time.time()))
 
     async def reset(self) -> None:
         await self._memory.storage.reset()
         if self._shared is not None and self._link is not None:
             await self._link.call(lambda _: self._shared.storage.reset(), None)  # type: ignore[union-attr]
 
-    async def _call(self, method: str, limit: Limit, key: str) -> bool:
-        ids = (limit.name, key)
+    async def _call(self, method: str, limit: Limit, key: tuple[str, ...]) -> bool:
+        ids = (limit.name, *key)
         if self._shared is not None and self._link is not None:
             shared = self._shared
             result = await self._link.call(
@@ -74,13 +160,3 @@ class RateLimiter:
             if result is not None:
                 return bool(result)
         return bool(await getattr(self._memory, method)(limit.item, *ids))
-
-    async def _retry_after(self, limit: Limit, key: str) -> int:
-        ids = (limit.name, key)
-        stats = None
-        if self._shared is not None and self._link is not None:
-            shared = self._shared
-            stats = await self._link.call(lambda _: shared.get_window_stats(limit.item, *ids), None)
-        if stats is None:
-            stats = await self._memory.get_window_stats(limit.item, *ids)
-        return max(1, math.ceil(stats.reset_time - time.time()))

@@ -77,7 +77,7 @@ _LOGIN_BODY = {
     "(`application/x-www-form-urlencoded`: `grant_type=password`, `username`, `password`). "
     "Unknown users and wrong passwords get the same answer.",
     response_model=TokenPair,
-    responses=problem_responses(401, 422, 429),
+    responses=problem_responses(401, 413, 422, 429),
     openapi_extra={"requestBody": _LOGIN_BODY},
 )
 async def login(
@@ -110,7 +110,7 @@ router.add_api_route(
     description="Rotate: the refresh token is spent and a new pair returned. Presenting a spent "
     "refresh token again ends the whole session (reuse detection).",
     response_model=TokenPair,
-    responses=problem_responses(401, 422),
+    responses=problem_responses(401, 413, 422),
 )
 async def refresh(
     body: RefreshRequest, db: DbSession, security: SecurityDep, stores: StoresDep
@@ -125,7 +125,7 @@ async def refresh(
     description="`200 {}` when the token (access or refresh) is valid and its session live; "
     "401 otherwise.",
     response_model=Empty,
-    responses=problem_responses(401, 422),
+    responses=problem_responses(401, 413, 422),
 )
 async def verify(body: VerifyRequest, db: DbSession, security: SecurityDep) -> Empty:
     await auth.verify(db, security, body.token)
@@ -139,7 +139,7 @@ async def verify(body: VerifyRequest, db: DbSession, security: SecurityDep) -> E
     description="End the session of this refresh token. Its access tokens are refused from the "
     "next request on.",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(401, 422),
+    responses=problem_responses(401, 413, 422),
 )
 async def revoke(
     body: RevokeRequest, db: DbSession, security: SecurityDep, stores: StoresDep

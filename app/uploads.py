@@ -3,8 +3,8 @@ byte by byte, so no request body is ever held in memory or spooled whole before 
 
 Every byte of the form counts: the file against `max_bytes`, the whole body (text fields, part
 headers and boundaries included) against `max_bytes` plus a small allowance; the number of parts
-and each text field have bounds of their own, and the parser bounds each part's headers (eight
-lines of 4 KiB at most, more is malformed)."""
+and each text field have bounds of their own, and the parser bounds each part's headers (more is
+malformed)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ FILE_FIELD = "file"
 MAX_FIELD_BYTES = 4096  # `alt` and any other small text field
 FORM_OVERHEAD_BYTES = 64 * 1024  # boundaries, part headers, small fields
 DEFAULT_MAX_PARTS = 10
+MAX_PART_HEADERS = 8  # Content-Disposition, Content-Type and a few a client may add
+MAX_PART_HEADER_LINE_BYTES = 4096
 
 
 class InvalidUpload(AppError):
@@ -50,7 +52,9 @@ class _Part:
 
 
 def form_limit(max_bytes: int) -> int:
-    """The largest whole multipart body accepted for a file of at most `max_bytes`."""
+    """The largest whole multipart body accepted for a file of at most `max_bytes`. A route that
+    calls `receive_file` documents its body as multipart/form-data (`openapi_extra`): that is how
+    the body-limit middleware knows to allow it this much instead of `MAX_BODY_BYTES`."""
     return max_bytes + FORM_OVERHEAD_BYTES
 
 
@@ -140,6 +144,8 @@ async def receive_file(
             "on_part_data": on_part_data,
             "on_part_end": on_part_end,
         },
+        max_header_count=MAX_PART_HEADERS,
+        max_header_size=MAX_PART_HEADER_LINE_BYTES,
     )
     received = 0
     try:

@@ -23,7 +23,7 @@ from app.config import Settings
 from app.main import create_app
 from app.models import AuthSession, User
 from app.models import Image as ImageRow
-from app.uploads import FORM_OVERHEAD_BYTES, MAX_FIELD_BYTES
+from app.uploads import FORM_OVERHEAD_BYTES, MAX_FIELD_BYTES, MAX_PART_HEADER_LINE_BYTES
 from tests import images
 from tests.conftest import settings_env, settings_like
 from tests.factories import PASSWORD, Account, create_post, register
@@ -33,7 +33,6 @@ from tests.problems import PROBLEM_JSON, assert_problem
 MIB = 1024 * 1024
 SIXTY_MIB = 60 * MIB
 CHUNK_BYTES = 64 * 1024
-HEADER_LINE_BYTES = 4000  # within the multipart parser's bound on a part's header line
 BOUNDARY = "inkwellboundary7d3f"
 MULTIPART = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 JSON = {"Content-Type": "application/json"}
@@ -302,7 +301,7 @@ async def test_part_headers_over_their_bound_are_refused(
     nothing_stored: Callable[[], Any],
     declared: bool,
 ) -> None:
-    body = form(part("file", images.tiny_png(), filename="p.png", pad=2 * HEADER_LINE_BYTES))
+    body = form(part("file", images.tiny_png(), filename="p.png", pad=MAX_PART_HEADER_LINE_BYTES))
 
     response = await post_form(client, post["id"], author, body, declared)
 
@@ -324,7 +323,9 @@ async def test_text_fields_and_part_headers_count_toward_the_upload_limit(
     data = images.tiny_png()
     data += b"\0" * (settings.max_upload_bytes - len(data))
     field_bytes = MAX_FIELD_BYTES - 100
-    fields = [part(f"note{i}", b"n" * field_bytes, pad=HEADER_LINE_BYTES) for i in range(9)]
+    fields = [
+        part(f"note{i}", b"n" * field_bytes, pad=MAX_PART_HEADER_LINE_BYTES - 100) for i in range(9)
+    ]
     assert sum(map(len, fields)) > FORM_OVERHEAD_BYTES
     body = form(*fields, part("file", data, filename="p.png"))
 

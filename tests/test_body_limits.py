@@ -211,6 +211,26 @@ async def test_the_limit_is_a_setting(settings: Settings) -> None:
     assert "100 bytes" in body["detail"]
 
 
+@SENT_AS
+async def test_a_browser_can_read_the_413(settings: Settings, declared: bool) -> None:
+    origin = "https://app.example.com"
+    application = create_app(settings_like(settings, cors_origins=[origin]), configure_logs=False)
+    body = json_login_body(2 * MIB)
+    transport = httpx.ASGITransport(app=application)
+    async with (
+        LifespanManager(application),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+    ):
+        response = await client.post(
+            "/api/token",
+            content=body,
+            headers={**JSON, "Origin": origin, **send_headers(body, declared)},
+        )
+
+    assert_problem(response, 413, "body_too_large")
+    assert response.headers["Access-Control-Allow-Origin"] == origin
+
+
 # -- uploads: every part counts ----------------------------------------------------------------
 
 

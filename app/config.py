@@ -114,8 +114,13 @@ class Settings(BaseSettings):
     require_email_verification: bool = False
     rate_limit_verify_resend: str = "3/hour"
 
+    # Request bodies: every body but an upload's is refused (413) beyond this many bytes.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+
     # Uploads
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    # Parts of an upload form (`file`, `alt`, any other); more is refused (413).
+    max_upload_parts: int = Field(default=10, ge=2)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_images_per_post: int = Field(default=10, ge=1)
     media_url: str = "/media"

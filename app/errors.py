@@ -153,6 +153,10 @@ class PayloadTooLarge(AppError):
     title = "Payload too large"
 
 
+class BodyTooLarge(PayloadTooLarge):
+    code = "body_too_large"
+
+
 class UnsupportedMediaType(AppError):
     status = 415
     code = "unsupported_media_type"

@@ -23,7 +23,7 @@ from app.errors import install_error_handlers
 from app.logging_setup import configure_logging
 from app.mail import build_mailer
 from app.media import LocalMedia
-from app.middleware import RequestIdMiddleware
+from app.middleware import BodyLimitMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
 from app.openapi import install_openapi
 from app.routes import health, images, password_reset, posts, tags, tasks, tokens, users
 from app.services import users as user_service
@@ -102,10 +102,11 @@ async def _requeue_pending_images(jobs: JobContext, runner: TaskRunner) -> None:
 
 class InkwellApp(FastAPI):
     """FastAPI with the request-id middleware outside Starlette's error middleware, so that
-    a 500 also carries `X-Request-ID`, and its log lines the request id."""
+    a 500 also carries `X-Request-ID`, and its log lines the request id; the security headers
+    outside everything, so that no response goes without them."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestIdMiddleware(super().build_middleware_stack())
+        return SecurityHeadersMiddleware(RequestIdMiddleware(super().build_middleware_stack()))
 
 
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> FastAPI:
@@ -133,6 +134,13 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     app.mount(settings.media_url, StaticFiles(directory=settings.media_path), name="media")
 
     install_error_handlers(app)
+    # Inside CORS, so that a browser can read the 413 too.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        routes=app.routes,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

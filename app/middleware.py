@@ -1,5 +1,5 @@
-"""Request ids, access logs and request metrics, as plain ASGI middleware (no per-request task
-overhead)."""
+"""Request ids, access logs, request metrics, body limits and security headers, as plain ASGI
+middleware (no per-request task overhead)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,20 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from fastapi.routing import APIRoute, iter_route_contexts
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
+from app.errors import BodyTooLarge, PayloadTooLarge, problem
+from app.uploads import form_limit
 
 REQUEST_ID_HEADER = b"x-request-id"
+MULTIPART = "multipart/form-data"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 access_logger = logging.getLogger("app.access")
@@ -112,3 +118,146 @@ def _route_template(scope: Scope, root_path: str) -> str:
     if mounted_at != root_path:  # a Mount (static files) moved its prefix into root_path
         return f"{mounted_at[len(root_path) :]}/{{path}}"
     return metrics.UNMATCHED_ROUTE
+
+
+class SecurityHeadersMiddleware:
+    """Adds the headers every response carries, whoever answers it: routes, error handlers,
+    the 500 page, the docs and the media files. Outermost, so that nothing escapes it."""
+
+    HEADERS = ((b"x-content-type-options", b"nosniff"),)
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(name, value) for name, value in self.HEADERS if name not in present]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+@dataclass(frozen=True, slots=True)
+class _UploadRoute:
+    path_regex: re.Pattern[str]
+    methods: frozenset[str]
+
+
+class BodyLimitMiddleware:
+    """Bounds every request body before it is read: `max_body_bytes`, or for an upload route
+    (one whose documented body is multipart/form-data) the upload form's limit.
+
+    A declared Content-Length over the limit is answered 413 at once, without calling the app.
+    Otherwise (chunked bodies, bodies without a Content-Length, or a length that lies) the bytes
+    are counted as the app receives them: past the limit the app gets an error instead of more
+    data, nothing more is read, and whatever the app made of it is answered 413."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_upload_bytes: int,
+        routes: Sequence[BaseRoute],
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
+        self.upload_routes = list(_upload_routes(routes))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, too_large = self._limit_for(scope)
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            await _answer(too_large(), scope, receive, send)
+            return
+
+        received = 0
+        exceeded = False
+        answered = False
+        app_started = False
+
+        async def bounded_receive() -> Message:
+            nonlocal received, exceeded
+            if exceeded:
+                raise too_large()
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    exceeded = True
+                    raise too_large()
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal answered, app_started
+            if exceeded and not app_started:  # the app's answer to the error: ours instead
+                if not answered:
+                    answered = True
+                    await _answer(too_large(), scope, receive, send)
+                return
+            app_started = app_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+            if not answered and not app_started:
+                await _answer(too_large(), scope, receive, send)
+
+    def _limit_for(self, scope: Scope) -> tuple[int, Callable[[], PayloadTooLarge]]:
+        """The limit on this request's body, and the error that says it was passed."""
+        path = _route_path(scope)
+        if any(
+            scope["method"] in route.methods and route.path_regex.match(path)
+            for route in self.upload_routes
+        ):
+            detail = f"The upload is larger than {self.max_upload_bytes} bytes."
+            return form_limit(self.max_upload_bytes), lambda: PayloadTooLarge(detail)
+        detail = f"The request body is larger than {self.max_body_bytes} bytes."
+        return self.max_body_bytes, lambda: BodyTooLarge(detail)
+
+
+def _upload_routes(routes: Sequence[BaseRoute]) -> Iterator[_UploadRoute]:
+    """The routes whose documented request body is a multipart/form-data upload."""
+    for context in iter_route_contexts(routes):
+        route = context.original_route
+        if not isinstance(route, APIRoute):
+            continue
+        body = (route.openapi_extra or {}).get("requestBody", {})
+        if MULTIPART in body.get("content", {}):
+            yield _UploadRoute(context.path_regex, frozenset(context.methods or ()))
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: without the root path, if the server put it in front."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    return path[len(root_path) :] if root_path and path.startswith(root_path) else path
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def _answer(error: PayloadTooLarge, scope: Scope, receive: Receive, send: Send) -> None:
+    # The server drops whatever of the body still arrives once the answer is complete, so the
+    # client reads the 413 instead of a reset connection.
+    response = problem(error.status, error.code, error.title, error.message)
+    await response(scope, receive, send)

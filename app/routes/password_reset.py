@@ -18,7 +18,7 @@ router = APIRouter(prefix="/api/password-reset", tags=["users"])
     "For a real account, an e-mail with a single-use link "
     "(`{PUBLIC_URL}/reset-password?token=...`) is queued. Rate limited per IP.",
     status_code=status.HTTP_202_ACCEPTED,
-    responses=problem_responses(422, 429),
+    responses=problem_responses(413, 422, 429),
 )
 async def request_reset(
     body: PasswordResetRequest, db: DbSession, backends: BackendsDep, client: ClientDep
@@ -33,7 +33,7 @@ async def request_reset(
     summary="Set a new password",
     description="Spend the token from the reset e-mail. Every session of the account ends.",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(400, 422),
+    responses=problem_responses(400, 413, 422),
 )
 async def confirm_reset(
     body: PasswordResetConfirm, db: DbSession, security: SecurityDep, backends: BackendsDep

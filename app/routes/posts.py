@@ -33,7 +33,7 @@ router = APIRouter(prefix="/api/posts", tags=["posts"])
     "`published: false` makes a draft only you and administrators can see.",
     status_code=status.HTTP_201_CREATED,
     response_model=PostOut,
-    responses=problem_responses(401, 422),
+    responses=problem_responses(401, 413, 422),
 )
 async def create_post(
     body: PostCreate,
@@ -88,7 +88,7 @@ async def read_post(
     summary="Replace a post",
     description="Every field is required. Only the author or an administrator.",
     response_model=PostOut,
-    responses=problem_responses(401, 403, 404, 422),
+    responses=problem_responses(401, 403, 404, 413, 422),
 )
 async def replace_post(
     body: PostReplace,
@@ -107,7 +107,7 @@ async def replace_post(
     summary="Change some fields of a post",
     description="Any subset of the fields. Only the author or an administrator.",
     response_model=PostOut,
-    responses=problem_responses(401, 403, 404, 422),
+    responses=problem_responses(401, 403, 404, 413, 422),
 )
 async def patch_post(
     body: PostPatch,

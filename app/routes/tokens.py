@@ -80,7 +80,7 @@ _LOGIN_BODY = {
     "this account from this address, `login_throttled` while the account's ceiling of failures "
     "from all addresses is full and this address already failed.",
     response_model=TokenPair,
-    responses=problem_responses(401, 422, 429),
+    responses=problem_responses(401, 413, 422, 429),
     openapi_extra={"requestBody": _LOGIN_BODY},
 )
 async def login(
@@ -113,7 +113,7 @@ router.add_api_route(
     description="Rotate: the refresh token is spent and a new pair returned. Presenting a spent "
     "refresh token again ends the whole session (reuse detection).",
     response_model=TokenPair,
-    responses=problem_responses(401, 422),
+    responses=problem_responses(401, 413, 422),
 )
 async def refresh(
     body: RefreshRequest, db: DbSession, security: SecurityDep, stores: StoresDep
@@ -128,7 +128,7 @@ async def refresh(
     description="`200 {}` when the token (access or refresh) is valid and its session live; "
     "401 otherwise.",
     response_model=Empty,
-    responses=problem_responses(401, 422),
+    responses=problem_responses(401, 413, 422),
 )
 async def verify(body: VerifyRequest, db: DbSession, security: SecurityDep) -> Empty:
     await auth.verify(db, security, body.token)
@@ -142,7 +142,7 @@ async def verify(body: VerifyRequest, db: DbSession, security: SecurityDep) -> E
     description="End the session of this refresh token. Its access tokens are refused from the "
     "next request on.",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(401, 422),
+    responses=problem_responses(401, 413, 422),
 )
 async def revoke(
     body: RevokeRequest, db: DbSession, security: SecurityDep, stores: StoresDep

@@ -40,7 +40,7 @@ router = APIRouter(prefix="/api/users", tags=["users"])
     description="Create an account and log it in: answers with the user and a token pair.",
     status_code=status.HTTP_201_CREATED,
     response_model=Registered,
-    responses=problem_responses(409, 422, 429),
+    responses=problem_responses(409, 413, 422, 429),
 )
 async def register(
     body: UserCreate,
@@ -73,7 +73,7 @@ async def read_me(user: CurrentUser) -> UserOut:
     description="Change `full_name`, `bio`, `username` or `email`. A new e-mail address must be "
     "verified again.",
     response_model=UserOut,
-    responses=problem_responses(401, 409, 422),
+    responses=problem_responses(401, 409, 413, 422),
 )
 async def update_me(
     body: UserUpdate, user: CurrentUser, db: DbSession, backends: BackendsDep
@@ -87,7 +87,7 @@ async def update_me(
     summary="Change my password",
     description="Needs the current password. Every other session is ended.",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(400, 401, 422),
+    responses=problem_responses(400, 401, 413, 422),
 )
 async def change_password(
     body: PasswordChange,
@@ -148,7 +148,7 @@ async def end_session(
     description="Spend the token from the verification e-mail's link "
     "(`{PUBLIC_URL}/verify-email?token=...`). Single use; it expires.",
     response_model=UserOut,
-    responses=problem_responses(400, 422),
+    responses=problem_responses(400, 413, 422),
 )
 async def verify_email(body: TokenBody, db: DbSession) -> UserOut:
     return users.to_out(await emails.verify(db, body.token))
@@ -196,7 +196,7 @@ async def read_user(user: UserById) -> UserPublic:
     summary="Change a user (admin)",
     description="Also `role`, `is_active` and `is_verified`. Deactivating ends every session.",
     response_model=UserOut,
-    responses=problem_responses(401, 403, 404, 409, 422),
+    responses=problem_responses(401, 403, 404, 409, 413, 422),
 )
 async def admin_update(
     _: AdminPrincipal, body: AdminUserUpdate, user: UserById, db: DbSession, stores: StoresDep

@@ -95,6 +95,8 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         403: "Not allowed for this user",
         404: "Not found",
         409: "Conflicts with existing data",
+        413: "The request body is too large (`MAX_BODY_BYTES`; uploads `MAX_UPLOAD_BYTES`)",
+        415: "Unsupported media type",
         422: "Invalid request: see `errors`",
         429: "Too many requests: see `Retry-After`",
         503: "A dependency is unavailable",

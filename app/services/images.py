@@ -70,7 +70,12 @@ async def upload(
     settings, media = backends.settings, backends.media
     await _ensure_room(db, settings, post.id)
     await db.commit()  # no connection is held while the body streams in
-    received = await receive_file(request, settings.uploads_path, settings.max_upload_bytes)
+    received = await receive_file(
+        request,
+        settings.uploads_path,
+        settings.max_upload_bytes,
+        max_parts=settings.max_upload_parts,
+    )
     try:
         format_ = sniff(received.head)
         if format_ is None:

@@ -29,3 +29,9 @@ async def media_file(
         media_type=found.content_type,
         headers={"Cache-Control": found.cache_control, **media.NOSNIFF},
     )
+
+
+@router.api_route("/{path:path}", methods=["GET", "HEAD"])
+async def no_media_file(path: str) -> None:
+    """Anything else under MEDIA_URL (directories, other names): 404 like a missing file."""
+    raise media.MediaNotFound

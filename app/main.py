@@ -129,7 +129,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     for module in (tokens, users, password_reset, posts, images, tags, tasks, health):
         app.include_router(module.router)
     settings.media_path.mkdir(parents=True, exist_ok=True)
-    app.include_router(media.router, prefix=settings.media_url.rstrip("/"))
+    app.include_router(media.build_router(settings.media_url))
 
     install_error_handlers(app)
     if settings.cors_origins:

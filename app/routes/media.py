@@ -1,5 +1,5 @@
-"""The processed images' files, mounted at MEDIA_URL (`/media` by default). Not part of the API's
-document: URLs come from ImageOut and PostOut, never built by clients."""
+"""The processed images' files, served at MEDIA_URL (`/media` by default). Not part of the API's
+document: their URLs come from ImageOut and PostOut, never built by clients."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ from fastapi.responses import FileResponse
 from app.dependencies import BackendsDep
 from app.services import media
 
-router = APIRouter(include_in_schema=False)
+HTTP_METHODS = ["GET", "HEAD"]
 
 
-@router.api_route("/images/{key}/{filename}", methods=["GET", "HEAD"])
+def build_router(media_url: str) -> APIRouter:
+    """The routes under MEDIA_URL, a setting: their templates carry it, as metrics expect."""
+    router = APIRouter(prefix=media_url.rstrip("/"), include_in_schema=False)
+    router.add_api_route("/images/{key}/{filename}", media_file, methods=HTTP_METHODS)
+    router.add_api_route("/{path:path}", no_media_file, methods=HTTP_METHODS)
+    return router
+
+
 async def media_file(
     key: str,
     filename: str,
@@ -31,7 +38,6 @@ async def media_file(
     )
 
 
-@router.api_route("/{path:path}", methods=["GET", "HEAD"])
 async def no_media_file(path: str) -> None:
     """Anything else under MEDIA_URL (directories, other names): 404 like a missing file."""
     raise media.MediaNotFound

@@ -15,6 +15,7 @@ import math
 import re
 import shutil
 import time
+from functools import cached_property
 from pathlib import Path
 
 from app.config import Settings
@@ -40,11 +41,16 @@ class LocalMedia:
         self.root = settings.media_path
         self.uploads = settings.uploads_path
         self._url = settings.media_url.rstrip("/")
-        self._signing_key = settings.media_url_signing_key()
+        self._settings = settings
         # A cached answer may be served up to CACHE_TTL_SECONDS after it was built: its signed
         # URLs must still be good for MEDIA_SIGNED_URL_SECONDS then.
         cached_for = settings.cache_ttl_seconds if settings.cache_enabled else 0
         self._signed_for = settings.media_signed_url_seconds + cached_for
+
+    @cached_property
+    def _signing_key(self) -> bytes:
+        # Read when first needed: workers, which never sign, may lack the JWT private key.
+        return self._settings.media_url_signing_key()
 
     def image_dir(self, key: str) -> Path:
         return self.root / IMAGES / key

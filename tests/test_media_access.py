@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -263,6 +266,36 @@ async def test_a_signed_url_works_on_every_api_process_of_the_deployment(
 def test_a_short_media_signing_key_is_refused(settings: Settings) -> None:
     with pytest.raises(ValueError, match="MEDIA_SIGNING_KEY"):
         settings_like(settings, media_signing_key="short")
+
+
+def test_with_asymmetric_tokens_the_key_comes_from_the_private_key_when_first_needed(
+    tmp_path: Path,
+) -> None:
+    private = ed25519.Ed25519PrivateKey.generate()
+    private_file, public_file = tmp_path / "jwt.key", tmp_path / "jwt.pub"
+    values = {
+        "data_dir": tmp_path,
+        "jwt_algorithm": "EdDSA",
+        "jwt_private_key_file": private_file,
+        "jwt_public_key_file": public_file,
+    }
+    # A worker may have no private key: it never signs, so it must still start.
+    worker_media = LocalMedia(Settings.model_validate(values))
+    assert worker_media.url("0" * 32, "large.webp") == f"/media/images/{'0' * 32}/large.webp"
+    private_file.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    media = LocalMedia(Settings.model_validate(values))
+
+    url = media.signed_url("0" * 32, "large.webp")
+
+    query = signature_of(url)
+    assert media.seconds_left("0" * 32, "large.webp", query["expires"], query["sig"])
+    assert not media.seconds_left("1" * 32, "large.webp", query["expires"], query["sig"])
 
 
 # -- publishing and unpublishing -----------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -20,6 +22,7 @@ logger = logging.getLogger(__name__)
 MIN_SECRET_BYTES = 32
 DEFAULT_SECRETS = frozenset({"", "change-me", "changeme", "secret", "please-change-me"})
 ASYMMETRIC_PREFIXES = ("RS", "PS", "ES", "Ed")
+MEDIA_KEY_CONTEXT = b"inkwell media URL signatures v1"
 
 
 class Settings(BaseSettings):
@@ -124,6 +127,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_images_per_post: int = Field(default=10, ge=1)
     media_url: str = "/media"
+    # Drafts' media are served only at signed URLs, given to the author and administrators in
+    # their answers; a URL stays valid this long after the answer that carries it was built.
+    media_signed_url_seconds: int = Field(default=900, ge=10, le=7 * 24 * 3600)
+    # The key of those signatures; unset: derived from the JWT secret (or private key).
+    media_signing_key: SecretStr | None = None
 
     # A first administrator, created at start-up when both are set.
     first_admin_email: str | None = None
@@ -150,11 +158,18 @@ class Settings(BaseSettings):
                 )
         elif self.environment == "production":
             secret = self.jwt_secret_key.get_secret_value() if self.jwt_secret_key else ""
-            if secret.lower() in DEFAULT_SECRETS or len(secret.encode()) < MIN_SECRET_BYTES:
+            if _is_weak(secret):
                 raise ValueError(
                     "ENVIRONMENT=production needs JWT_SECRET_KEY: at least "
                     f"{MIN_SECRET_BYTES} random bytes, not a default"
                 )
+        if self.media_signing_key is not None and _is_weak(
+            self.media_signing_key.get_secret_value()
+        ):
+            raise ValueError(
+                f"MEDIA_SIGNING_KEY needs at least {MIN_SECRET_BYTES} random bytes; "
+                "leave it unset to derive it from the JWT key"
+            )
         return self
 
     @field_validator(
@@ -234,10 +249,23 @@ class Settings(BaseSettings):
             return self.jwt_public_key_file.read_text()
         return self._symmetric_secret()
 
+    def media_url_signing_key(self) -> bytes:
+        """The key signing drafts' media URLs: MEDIA_SIGNING_KEY, or one derived from the JWT
+        key, so that a media URL signature can never be mistaken for a token's."""
+        if self.media_signing_key is not None:
+            secret = self.media_signing_key.get_secret_value()
+        else:
+            secret = self.jwt_signing_key()
+        return hmac.new(secret.encode(), MEDIA_KEY_CONTEXT, hashlib.sha256).digest()
+
     def _symmetric_secret(self) -> str:
         if self.jwt_secret_key and self.jwt_secret_key.get_secret_value():
             return self.jwt_secret_key.get_secret_value()
         return _development_secret(self.data_dir)
+
+
+def _is_weak(secret: str) -> bool:
+    return secret.lower() in DEFAULT_SECRETS or len(secret.encode()) < MIN_SECRET_BYTES
 
 
 @lru_cache

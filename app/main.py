@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp
 
@@ -25,7 +24,7 @@ from app.mail import build_mailer
 from app.media import LocalMedia
 from app.middleware import BodyLimitMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
 from app.openapi import install_openapi
-from app.routes import health, images, password_reset, posts, tags, tasks, tokens, users
+from app.routes import health, images, media, password_reset, posts, tags, tasks, tokens, users
 from app.services import users as user_service
 from app.services.backends import Backends
 from app.services.security import Security
@@ -131,7 +130,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     for module in (tokens, users, password_reset, posts, images, tags, tasks, health):
         app.include_router(module.router)
     settings.media_path.mkdir(parents=True, exist_ok=True)
-    app.mount(settings.media_url, StaticFiles(directory=settings.media_path), name="media")
+    app.include_router(media.build_router(settings.media_url))
 
     install_error_handlers(app)
     # Inside CORS, so that a browser can read the 413 too.

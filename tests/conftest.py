@@ -198,11 +198,20 @@ async def settings(
     return settings
 
 
+SECRET_FIELDS = (
+    "jwt_secret_key",
+    "media_signing_key",
+    "db_pass",
+    "smtp_password",
+    "first_admin_password",
+)
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as environment variables, for the processes tests start."""
     env = {}
     for name, value in settings.model_dump(mode="json").items():
-        if name in ("jwt_secret_key", "db_pass", "smtp_password", "first_admin_password"):
+        if name in SECRET_FIELDS:
             secret = getattr(settings, name)
             value = secret.get_secret_value() if secret else None
         if value is None:

@@ -72,8 +72,10 @@ async def upload_image(
     response_model=ImageOut,
     responses=problem_responses(401, 404, 422),
 )
-async def read_image(post: VisiblePost, image_id: ImageId, db: DbSession) -> ImageOut:
-    return images.to_out(await images.get(db, post, image_id))
+async def read_image(
+    post: VisiblePost, image_id: ImageId, db: DbSession, backends: BackendsDep
+) -> ImageOut:
+    return await images.get_out(db, backends.media, post, image_id)
 
 
 @router.delete(

@@ -13,7 +13,6 @@ from app.dependencies import (
     OwnedPost,
     PostId,
     PostQueryDep,
-    SettingsDep,
     StoresDep,
     VisiblePost,
 )
@@ -40,10 +39,9 @@ async def create_post(
     response: Response,
     user: CurrentUser,
     db: DbSession,
-    settings: SettingsDep,
-    stores: StoresDep,
+    backends: BackendsDep,
 ) -> PostOut:
-    post = await posts.create(db, settings, stores.cache, user, body)
+    post = await posts.create(db, backends, user, body)
     response.headers["Location"] = f"/api/posts/{post.id}"
     return post
 
@@ -59,7 +57,7 @@ async def create_post(
 async def list_posts(
     query: PostQueryDep, viewer: OptionalPrincipal, backends: BackendsDep
 ) -> Response:
-    body = await posts.list_json(backends.read_sessions, backends.stores.cache, query, viewer)
+    body = await posts.list_json(backends, query, viewer)
     return Response(body, media_type="application/json")
 
 
@@ -78,7 +76,7 @@ async def read_post(
     backends: BackendsDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    body = await posts.read_json(backends.read_sessions, backends.stores.cache, post_id, viewer)
+    body = await posts.read_json(backends, post_id, viewer)
     return conditional_json(body, if_none_match)
 
 
@@ -95,10 +93,9 @@ async def replace_post(
     post: OwnedPost,
     caller: CurrentPrincipal,
     db: DbSession,
-    settings: SettingsDep,
-    stores: StoresDep,
+    backends: BackendsDep,
 ) -> PostOut:
-    return await posts.change(db, settings, stores.cache, post, body, caller)
+    return await posts.change(db, backends, post, body, caller)
 
 
 @router.patch(
@@ -114,10 +111,9 @@ async def patch_post(
     post: OwnedPost,
     caller: CurrentPrincipal,
     db: DbSession,
-    settings: SettingsDep,
-    stores: StoresDep,
+    backends: BackendsDep,
 ) -> PostOut:
-    return await posts.change(db, settings, stores.cache, post, body, caller)
+    return await posts.change(db, backends, post, body, caller)
 
 
 @router.delete(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import PurePosixPath
+from typing import Any
 
 import anyio.to_thread
 from fastapi import Request
@@ -45,7 +47,9 @@ class UnreadableImage(AppError):
     title = "Invalid image"
 
 
-def to_out(image: Image) -> ImageOut:
+def to_out(image: Image, media: LocalMedia, *, public: bool) -> ImageOut:
+    """The image as the API shows it; its files at public URLs when its post is published,
+    at signed, expiring ones otherwise (only the author and administrators see a draft)."""
     return ImageOut(
         id=image.id,
         post_id=image.post_id,
@@ -55,10 +59,25 @@ def to_out(image: Image) -> ImageOut:
         width=image.width,
         height=image.height,
         bytes=image.bytes,
-        variants={k: VariantOut(**v) for k, v in (image.variants or {}).items()},
+        variants={
+            name: _variant_out(media, image.storage_key, variant, public=public)
+            for name, variant in (image.variants or {}).items()
+        },
         failure_reason=image.failure_reason,
         task_id=image.task_id,
         created_at=image.created_at,
+    )
+
+
+def _variant_out(
+    media: LocalMedia, key: str, variant: dict[str, Any], *, public: bool
+) -> VariantOut:
+    # URLs are built for each answer from the file's name: whether they are signed depends on
+    # the post's state now, not when the image was processed.
+    filename = PurePosixPath(variant["url"]).name
+    url = media.url(key, filename) if public else media.signed_url(key, filename)
+    return VariantOut(
+        url=url, width=variant["width"], height=variant["height"], bytes=variant["bytes"]
     )
 
 
@@ -111,7 +130,7 @@ async def upload(
     await db.commit()
     await backends.stores.cache.bump(*post_generations(post.id))
     await backends.runner.enqueue(PROCESS_IMAGE, task.id, image_id=image.id)
-    return to_out(image)
+    return to_out(image, media, public=post.published)
 
 
 async def get(db: AsyncSession, post: Post, image_id: int) -> Image:
@@ -119,6 +138,10 @@ async def get(db: AsyncSession, post: Post, image_id: int) -> Image:
     if image is None:
         raise ImageNotFound
     return image
+
+
+async def get_out(db: AsyncSession, media: LocalMedia, post: Post, image_id: int) -> ImageOut:
+    return to_out(await get(db, post, image_id), media, public=post.published)
 
 
 async def delete(db: AsyncSession, backends: Backends, image: Image) -> None:

@@ -7,13 +7,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, Select, delete, exists, false, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
-from app.config import Settings
 from app.database.types import utcnow
 from app.database.upsert import insert_ignoring_conflicts
 from app.errors import Forbidden, NotPostAuthor, PostNotFound
+from app.media import LocalMedia
 from app.models import Post, PostLike, Tag, User, post_tag
 from app.schemas.common import Page
 from app.schemas.post import (
@@ -90,14 +90,10 @@ def ensure_can_edit(post: Post, user: Viewer) -> Post:
     return post
 
 
-async def read_json(
-    read_sessions: async_sessionmaker[AsyncSession],
-    cache: Cache,
-    post_id: int,
-    viewer: Viewer | None,
-) -> bytes:
+async def read_json(backends: Backends, post_id: int, viewer: Viewer | None) -> bytes:
     """The post as this viewer sees it, as JSON: from the cache when it is fresh, otherwise
     from one query (post, author, tags, images and the viewer's like together)."""
+    cache = backends.stores.cache
     lookup = await cache.read(post_slot(post_id, _viewer_key(viewer)))
     if lookup.value is not None:
         return lookup.value
@@ -113,28 +109,24 @@ async def read_json(
     )
     if (visible := _visible_to(viewer)) is not None:
         stmt = stmt.where(visible)
-    async with read_sessions() as db:
+    async with backends.read_sessions() as db:
         row = (await db.execute(stmt)).unique().first()
     if row is None:
         raise PostNotFound
-    body = to_out(row[0], liked=bool(row[1])).model_dump_json().encode()
+    body = to_out(row[0], backends.media, liked=bool(row[1])).model_dump_json().encode()
     await cache.write(lookup, body)
     return body
 
 
-async def list_json(
-    read_sessions: async_sessionmaker[AsyncSession],
-    cache: Cache,
-    query: PostQuery,
-    viewer: Viewer | None,
-) -> bytes:
+async def list_json(backends: Backends, query: PostQuery, viewer: Viewer | None) -> bytes:
     """One page of posts as JSON, from the cache when it is fresh."""
+    cache = backends.stores.cache
     query_key = hashlib.blake2b(query.model_dump_json().encode(), digest_size=12).hexdigest()
     lookup = await cache.read(list_slot(query_key, _viewer_key(viewer)))
     if lookup.value is not None:
         return lookup.value
-    async with read_sessions() as db:
-        page = await list_posts(db, query, viewer)
+    async with backends.read_sessions() as db:
+        page = await list_posts(db, backends.media, query, viewer)
     body = page.model_dump_json().encode()
     await cache.write(lookup, body)
     return body
@@ -145,10 +137,8 @@ class EmailNotVerified(Forbidden):
     detail = "Verify your e-mail address before publishing; drafts are allowed meanwhile."
 
 
-async def create(
-    db: AsyncSession, settings: Settings, cache: Cache, author: User, data: PostCreate
-) -> PostOut:
-    if data.published and settings.require_email_verification and not author.is_verified:
+async def create(db: AsyncSession, backends: Backends, author: User, data: PostCreate) -> PostOut:
+    if data.published and backends.settings.require_email_verification and not author.is_verified:
         raise EmailNotVerified
     now = utcnow()
     post = Post(
@@ -165,22 +155,22 @@ async def create(
     post.tags = await _tags_named(db, data.tags)
     db.add(post)
     await db.commit()
-    await cache.bump(*LIST_GENERATIONS)
-    return to_out(post, liked=False)
+    await backends.stores.cache.bump(*LIST_GENERATIONS)
+    return to_out(post, backends.media, liked=False)
 
 
 async def change(
     db: AsyncSession,
-    settings: Settings,
-    cache: Cache,
+    backends: Backends,
     post: Post,
     changes: PostReplace | PostPatch,
     viewer: Viewer,
 ) -> PostOut:
     values = changes.model_dump(exclude_unset=not isinstance(changes, PostReplace))
     if not values:  # an empty PATCH changes nothing, not even updated_at
-        return await get_out(db, post, viewer)
-    if values.get("published") and not post.published and settings.require_email_verification:
+        return await get_out(db, backends.media, post, viewer)
+    verify = backends.settings.require_email_verification
+    if values.get("published") and not post.published and verify:
         verified = await db.scalar(select(User.is_verified).where(User.id == post.author_id))
         if not verified:
             raise EmailNotVerified
@@ -191,8 +181,9 @@ async def change(
         post.tags = await _tags_named(db, tags)
     post.updated_at = utcnow()
     await db.commit()
-    await cache.bump(*post_generations(post.id))
-    return to_out(post, liked=await _liked(db, viewer, [post.id]) == {post.id})
+    await backends.stores.cache.bump(*post_generations(post.id))
+    liked = await _liked(db, viewer, [post.id]) == {post.id}
+    return to_out(post, backends.media, liked=liked)
 
 
 async def delete_post(db: AsyncSession, backends: Backends, post: Post) -> None:
@@ -227,11 +218,15 @@ async def set_like(db: AsyncSession, cache: Cache, post: Post, user: Viewer, lik
         await cache.bump(*post_generations(post.id))
 
 
-async def get_out(db: AsyncSession, post: Post, viewer: Viewer | None) -> PostOut:
-    return to_out(post, liked=post.id in await _liked(db, viewer, [post.id]))
+async def get_out(
+    db: AsyncSession, media: LocalMedia, post: Post, viewer: Viewer | None
+) -> PostOut:
+    return to_out(post, media, liked=post.id in await _liked(db, viewer, [post.id]))
 
 
-async def list_posts(db: AsyncSession, query: PostQuery, viewer: Viewer | None) -> Page[PostOut]:
+async def list_posts(
+    db: AsyncSession, media: LocalMedia, query: PostQuery, viewer: Viewer | None
+) -> Page[PostOut]:
     """One page: a count, the rows with their authors, their tags, and the viewer's likes."""
     conditions = list(_filters(query, viewer))
     total = await db.scalar(select(func.count(Post.id)).where(*conditions)) or 0
@@ -242,7 +237,7 @@ async def list_posts(db: AsyncSession, query: PostQuery, viewer: Viewer | None) 
     posts = (await db.scalars(stmt.limit(query.limit).offset(query.offset))).unique().all()
     liked = await _liked(db, viewer, [p.id for p in posts])
     return Page(
-        items=[to_out(p, liked=p.id in liked) for p in posts],
+        items=[to_out(p, media, liked=p.id in liked) for p in posts],
         total=total,
         limit=query.limit,
         offset=query.offset,
@@ -268,7 +263,7 @@ async def popular_tags(db: AsyncSession, prefix: str | None, limit: int) -> list
     return [TagCount(name=name, count=n) for name, n in await db.execute(stmt)]
 
 
-def to_out(post: Post, liked: bool) -> PostOut:
+def to_out(post: Post, media: LocalMedia, liked: bool) -> PostOut:
     return PostOut(
         id=post.id,
         title=post.title,
@@ -276,7 +271,7 @@ def to_out(post: Post, liked: bool) -> PostOut:
         published=post.published,
         tags=sorted(tag.name for tag in post.tags),
         author=AuthorOut(id=post.author.id, username=post.author.username),
-        images=[images.to_out(image) for image in post.images],
+        images=[images.to_out(image, media, public=post.published) for image in post.images],
         likes=post.likes,
         liked_by_me=liked,
         created_at=post.created_at,

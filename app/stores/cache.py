@@ -58,6 +58,17 @@ def list_slot(query_key: str, viewer_key: str) -> Slot:
     return Slot((EPOCH, "gen:lists"), f"list:{viewer_key}:{query_key}")
 
 
+def image_post_slot(storage_key: str) -> Slot:
+    """Which post an image's files belong to: an image never moves, so only the epoch (and
+    the entry's age) outdates it."""
+    return Slot((EPOCH,), f"image-post:{storage_key}")
+
+
+def post_public_slot(post_id: int) -> Slot:
+    """Whether a post is published, for serving its media: outdated by every write to it."""
+    return Slot((EPOCH, f"gen:post:{post_id}"), f"post-public:{post_id}")
+
+
 def post_generations(post_id: int) -> tuple[str, ...]:
     return (f"gen:post:{post_id}", "gen:lists")
 

@@ -16,6 +16,7 @@ from app.dependencies import (
     StoresDep,
     UserById,
 )
+from app.routes.tokens import NO_STORE
 from app.schemas.common import Page, problem_responses
 from app.schemas.user import (
     AdminUserUpdate,
@@ -52,6 +53,7 @@ async def register(
 ) -> Registered:
     user, tokens = await users.register(db, security, backends, body, client)
     response.headers["Location"] = f"/api/users/{user.id}"
+    response.headers.update(NO_STORE)  # the body carries tokens
     return Registered(user=users.to_out(user), tokens=tokens)
 
 

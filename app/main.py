@@ -25,7 +25,17 @@ from app.mail import build_mailer
 from app.media import LocalMedia
 from app.middleware import RequestIdMiddleware
 from app.openapi import install_openapi
-from app.routes import health, images, password_reset, posts, tags, tasks, tokens, users
+from app.routes import (
+    health,
+    images,
+    pages,
+    password_reset,
+    posts,
+    tags,
+    tasks,
+    tokens,
+    users,
+)
 from app.services import users as user_service
 from app.services.backends import Backends
 from app.services.security import Security
@@ -127,7 +137,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     if settings.docs_enabled:
         install_docs(app)
 
-    for module in (tokens, users, password_reset, posts, images, tags, tasks, health):
+    for module in (tokens, users, password_reset, posts, images, tags, tasks, health, pages):
         app.include_router(module.router)
     settings.media_path.mkdir(parents=True, exist_ok=True)
     app.mount(settings.media_url, StaticFiles(directory=settings.media_path), name="media")

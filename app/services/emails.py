@@ -169,4 +169,4 @@ async def _queue(
 
 
 def _link(settings: Settings, page: str, token: str) -> str:
-    return f"{settings.public_url.rstrip('/')}/{page}?{urlencode({'token': token})}"
+    return f"{settings.email_link_base}/{page}?{urlencode({'token': token})}"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, BackgroundTasks, Response, status
 
 from app.dependencies import (
     AdminPrincipal,
@@ -13,6 +13,7 @@ from app.dependencies import (
     DbSession,
     PageParams,
     SecurityDep,
+    SessionFactory,
     StoresDep,
     UserById,
 )
@@ -164,8 +165,11 @@ async def verify_email(body: TokenBody, db: DbSession) -> UserOut:
     status_code=status.HTTP_202_ACCEPTED,
     responses=problem_responses(401, 429),
 )
-async def resend_verification(user: CurrentUser, db: DbSession, backends: BackendsDep) -> Response:
-    await emails.resend_verification(db, backends, user)
+async def resend_verification(
+    user: CurrentUser, sessions: SessionFactory, backends: BackendsDep, later: BackgroundTasks
+) -> Response:
+    await emails.limit_verification_resend(backends, user)
+    later.add_task(emails.resend_verification, sessions, backends, user.id)
     return Response(status_code=status.HTTP_202_ACCEPTED)
 
 

@@ -29,6 +29,7 @@ from tests.conftest import running_app, settings_env, settings_like
 from tests.factories import PASSWORD, register
 from tests.live_server import live_server
 from tests.services import SmtpServer, text_body
+from tests.test_delivery import BASE, Compose, compose_command, environment, services
 
 MAIL_TIMEOUT_S = 20.0
 NEW_PASSWORD = "a brand new passphrase"
@@ -322,3 +323,17 @@ async def test_links_follow_the_port_served_and_their_pages_finish_the_job(
             assert done.status_code == 200, done.text
             login = {"username": account.username, "password": NEW_PASSWORD}
             assert (await browser.post("/api/token", json=login)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("variables", "public_url"),
+    [({}, "http://localhost:8000"), ({"API_PORT": "9100"}, "http://localhost:9100")],
+)
+def test_compose_links_follow_the_published_port(
+    tmp_path: Path, variables: dict[str, str], public_url: str
+) -> None:
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    config = Compose(compose_command(), env_file).config((BASE,), (), variables)
+    for name in ("api", "worker"):
+        assert environment(services(config)[name])["PUBLIC_URL"] == public_url

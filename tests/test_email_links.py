@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import re
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -115,6 +116,19 @@ def test_public_and_frontend_urls_set_the_link_base() -> None:
 def test_link_bases_must_be_plain_http_urls(name: str, value: str) -> None:
     with pytest.raises(ValidationError, match="URL"):
         Settings.model_validate({name: value})
+
+
+def test_production_without_public_url_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    secret = "s" * 48
+    caplog.set_level(logging.WARNING, logger="app.config")
+    Settings(environment="production", jwt_secret_key=secret).warn_about_production_gaps()
+    assert "PUBLIC_URL is not set" in caplog.text
+    caplog.clear()
+    for explicit in ({"public_url": "https://api.example.com"}, {"frontend_url": "https://x.io"}):
+        production = {"environment": "production", "jwt_secret_key": secret}
+        settings = Settings.model_validate(production | explicit)
+        settings.warn_about_production_gaps()
+    assert "PUBLIC_URL" not in caplog.text
 
 
 @pytest.fixture

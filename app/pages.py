@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from functools import cache
 from html import escape
 from pathlib import Path
 from string import Template
@@ -17,6 +18,7 @@ from fastapi.responses import HTMLResponse
 TEMPLATES = Path(__file__).parent / "templates" / "pages"
 
 
+@cache
 def _template(name: str) -> Template:
     return Template((TEMPLATES / f"{name}.html").read_text())
 

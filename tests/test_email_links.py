@@ -32,7 +32,7 @@ from tests.live_server import live_server
 from tests.services import SmtpServer, text_body
 from tests.test_delivery import BASE, Compose, compose_command, environment, services
 
-MAIL_TIMEOUT_S = 20.0
+MAIL_TIMEOUT_S = 30.0
 NEW_PASSWORD = "a brand new passphrase"
 LINK = re.compile(r"(https?://[^\s\"<>]+)/(verify-email|reset-password)\?token=([A-Za-z0-9_\-]+)")
 PAGE_HEADERS = {

@@ -42,6 +42,13 @@ def run(
 
     from app.logging_setup import configure_logging
 
+    # The app reads its settings again (in this process or in each worker process): with the
+    # address given here, a PUBLIC_URL left unset follows the port actually served.
+    if host is not None:
+        os.environ["HOST"] = host
+    if port is not None:
+        os.environ["PORT"] = str(port)
+    get_settings.cache_clear()
     settings = get_settings()
     processes = workers or settings.web_concurrency
     # This process's own lines (a worker process that died and was replaced) as the app's.
@@ -63,8 +70,8 @@ def run(
         uvicorn.run(
             "app.main:create_app",
             factory=True,
-            host=host or settings.host,
-            port=port or settings.port,
+            host=settings.host,
+            port=settings.port,
             workers=processes,
             reload=reload,
             log_config=None,

@@ -11,9 +11,10 @@ import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from limits import parse_many
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
@@ -27,6 +28,8 @@ MEDIA_KEY_CONTEXT = b"inkwell media URL signatures v1"
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    _public_url_derived: bool = PrivateAttr(default=False)
 
     environment: Literal["development", "test", "production"] = "development"
     data_dir: Path = Path("data")
@@ -63,7 +66,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     web_concurrency: int = Field(default=1, ge=1)
-    public_url: str = "http://127.0.0.1:8000"
+    # The API's public base URL, as users reach it. Unset: http://HOST:PORT as served.
+    public_url: str = ""
+    # A frontend that serves /verify-email and /reset-password itself: e-mail links go there.
+    frontend_url: str | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     media_root: Path | None = None
     # Swagger UI at /docs, ReDoc at /redoc and /openapi.json; often turned off in production.
@@ -148,6 +154,26 @@ class Settings(BaseSettings):
                     data[key] = [o.strip() for o in value.split(",") if o.strip()]
         return data
 
+    @field_validator("public_url", "frontend_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None if value is None else ""
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {value!r}")
+        if parts.query or parts.fragment:
+            raise ValueError(f"a base URL has no query or fragment: {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _default_public_url(self) -> Settings:
+        if not self.public_url:
+            # The address this server listens on: links then reach it whatever PORT is.
+            self.public_url = f"http://{_url_host(self.host)}:{self.port}"
+            self._public_url_derived = True
+        return self
+
     @model_validator(mode="after")
     def _check_keys(self) -> Settings:
         if self.uses_asymmetric_keys:
@@ -187,6 +213,11 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"not a rate limit: {value!r} (try '10/minute')") from exc
         return value
+
+    @property
+    def email_link_base(self) -> str:
+        """Where the links in e-mails point: the frontend's pages, or this API's own."""
+        return self.frontend_url or self.public_url
 
     @property
     def uses_asymmetric_keys(self) -> bool:
@@ -236,6 +267,10 @@ class Settings(BaseSettings):
             logger.warning("running in production on SQLite; set DB_HOST or DATABASE_URL")
         if not self.redis_url:
             logger.warning("running in production without Redis; set REDIS_URL")
+        if self._public_url_derived and not self.frontend_url:
+            logger.warning(
+                "PUBLIC_URL is not set: e-mail links point at %s; set PUBLIC_URL", self.public_url
+            )
 
     def jwt_signing_key(self) -> str:
         if self.uses_asymmetric_keys:
@@ -266,6 +301,15 @@ class Settings(BaseSettings):
 
 def _is_weak(secret: str) -> bool:
     return secret.lower() in DEFAULT_SECRETS or len(secret.encode()) < MIN_SECRET_BYTES
+
+
+def _url_host(host: str) -> str:
+    """HOST as a URL's host: a wildcard address is reached through the loopback one."""
+    if host in ("", "0.0.0.0"):  # noqa: S104 - naming the wildcard, not binding to it
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 @lru_cache

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.database.session import session_scope
@@ -54,6 +54,12 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+async def get_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
+    """For work that runs after the answer, in sessions of its own."""
+    factory: async_sessionmaker[AsyncSession] = request.app.state.session_factory
+    return factory
+
+
 async def get_client(request: Request) -> Client:
     return Client(
         user_agent=request.headers.get("user-agent", ""),
@@ -62,6 +68,7 @@ async def get_client(request: Request) -> Client:
 
 
 DbSession = Annotated[AsyncSession, Depends(get_session)]
+SessionFactory = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)]
 SecurityDep = Annotated[Security, Depends(get_security)]
 StoresDep = Annotated[Stores, Depends(get_stores)]
 BackendsDep = Annotated[Backends, Depends(get_backends)]

@@ -24,7 +24,18 @@ from app.mail import build_mailer
 from app.media import LocalMedia
 from app.middleware import BodyLimitMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
 from app.openapi import install_openapi
-from app.routes import health, images, media, password_reset, posts, tags, tasks, tokens, users
+from app.routes import (
+    health,
+    images,
+    media,
+    pages,
+    password_reset,
+    posts,
+    tags,
+    tasks,
+    tokens,
+    users,
+)
 from app.services import users as user_service
 from app.services.backends import Backends
 from app.services.security import Security
@@ -127,7 +138,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     if settings.docs_enabled:
         install_docs(app)
 
-    for module in (tokens, users, password_reset, posts, images, tags, tasks, health):
+    for module in (tokens, users, password_reset, posts, images, tags, tasks, health, pages):
         app.include_router(module.router)
     settings.media_path.mkdir(parents=True, exist_ok=True)
     app.include_router(media.build_router(settings.media_url))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 import uuid
@@ -21,6 +22,10 @@ from app.errors import InvalidToken, TokenExpired
 
 TokenType = Literal["access", "refresh"]
 VERIFIED_CACHE_SIZE = 10_000
+# The last second a datetime can hold (9999-12-31T23:59:59Z): a later `exp` is no token of ours.
+MAX_EXPIRY = 253_402_300_799
+# What parsing the claims of a validly signed but absurd token raises besides PyJWT's errors.
+MALFORMED_CLAIMS = (TypeError, ValueError, OverflowError, RecursionError)
 
 
 class Passwords:
@@ -139,7 +144,9 @@ class Tokens:
             )
         except jwt.ExpiredSignatureError as exc:
             raise TokenExpired from exc
-        except jwt.InvalidTokenError as exc:
+        except (jwt.InvalidTokenError, *MALFORMED_CLAIMS) as exc:
+            # PyJWT lets some absurd claims of a validly signed token through as Python errors
+            # (an infinite `iat`, a deeply nested payload): all of them are an invalid token.
             raise InvalidToken from exc
         type_ = payload["type"]
         if type_ not in ("access", "refresh"):
@@ -153,10 +160,20 @@ class Tokens:
                 session_id=uuid.UUID(str(payload["sid"])),
                 token_id=str(payload["jti"]),
                 type=type_,
-                expires_at=datetime.fromtimestamp(int(payload["exp"]), tz=UTC),
+                expires_at=_expiry(payload["exp"]),
             )
-        except (TypeError, ValueError) as exc:
+        except MALFORMED_CLAIMS as exc:
             raise InvalidToken from exc
+
+
+def _expiry(exp: object) -> datetime:
+    """`exp` as a datetime: a finite number of seconds that a datetime can hold (PyJWT has
+    already checked that it is in the future)."""
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        raise ValueError("exp is not a finite number")
+    if not 0 < exp <= MAX_EXPIRY:
+        raise ValueError("exp out of range")
+    return datetime.fromtimestamp(int(exp), tz=UTC)
 
 
 def fingerprint(token: str) -> str:

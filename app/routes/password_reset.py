@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, BackgroundTasks, Response, status
 
-from app.dependencies import BackendsDep, ClientDep, DbSession, SecurityDep
+from app.dependencies import BackendsDep, ClientDep, DbSession, SecurityDep, SessionFactory
 from app.schemas.common import problem_responses
 from app.schemas.user import PasswordResetConfirm, PasswordResetRequest
 from app.services import emails
@@ -14,16 +14,23 @@ router = APIRouter(prefix="/api/password-reset", tags=["users"])
     "",
     operation_id="password-reset-request",
     summary="Ask for a password reset",
-    description="Always 202, whether or not the address has an account (no enumeration). "
-    "For a real account, an e-mail with a single-use link "
-    "(`{PUBLIC_URL}/reset-password?token=...`) is queued. Rate limited per IP.",
+    description="Always 202, whether or not the address has an account (no enumeration), and "
+    "in the same time: the account is looked up after the answer. For a real account, an "
+    "e-mail with a single-use link (`{PUBLIC_URL}/reset-password?token=...`, or "
+    "`{FRONTEND_URL}/...` when set) is queued. Rate limited per IP.",
     status_code=status.HTTP_202_ACCEPTED,
     responses=problem_responses(413, 422, 429),
 )
 async def request_reset(
-    body: PasswordResetRequest, db: DbSession, backends: BackendsDep, client: ClientDep
+    body: PasswordResetRequest,
+    sessions: SessionFactory,
+    backends: BackendsDep,
+    client: ClientDep,
+    later: BackgroundTasks,
 ) -> Response:
-    await emails.request_password_reset(db, backends, body.email, client)
+    await emails.limit_password_reset(backends, client)
+    # Whether the account exists is looked up after the answer, never before it.
+    later.add_task(emails.request_password_reset, sessions, backends, body.email)
     return Response(status_code=status.HTTP_202_ACCEPTED)
 
 

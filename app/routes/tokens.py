@@ -7,7 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.datastructures import MutableHeaders
+from starlette.types import Message, Receive, Scope, Send
 
 from app.dependencies import ClientDep, DbSession, SecurityDep, StoresDep
 from app.errors import AppError
@@ -22,7 +25,23 @@ from app.schemas.token import (
 )
 from app.services import auth
 
-router = APIRouter(prefix="/api/token", tags=["tokens"])
+# Tokens are credentials: no browser, proxy or CDN may keep a copy of a response carrying one.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class NoStoreRoute(APIRoute):
+    """A route whose every response, errors included, is `Cache-Control: no-store`."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(NO_STORE)
+            await send(message)
+
+        await super().handle(scope, receive, send_no_store)
+
+
+router = APIRouter(prefix="/api/token", tags=["tokens"], route_class=NoStoreRoute)
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 

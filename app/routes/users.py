@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, BackgroundTasks, Response, status
 
 from app.dependencies import (
     AdminPrincipal,
@@ -13,9 +13,11 @@ from app.dependencies import (
     DbSession,
     PageParams,
     SecurityDep,
+    SessionFactory,
     StoresDep,
     UserById,
 )
+from app.routes.tokens import NO_STORE
 from app.schemas.common import Page, problem_responses
 from app.schemas.user import (
     AdminUserUpdate,
@@ -52,6 +54,7 @@ async def register(
 ) -> Registered:
     user, tokens = await users.register(db, security, backends, body, client)
     response.headers["Location"] = f"/api/users/{user.id}"
+    response.headers.update(NO_STORE)  # the body carries tokens
     return Registered(user=users.to_out(user), tokens=tokens)
 
 
@@ -162,8 +165,11 @@ async def verify_email(body: TokenBody, db: DbSession) -> UserOut:
     status_code=status.HTTP_202_ACCEPTED,
     responses=problem_responses(401, 429),
 )
-async def resend_verification(user: CurrentUser, db: DbSession, backends: BackendsDep) -> Response:
-    await emails.resend_verification(db, backends, user)
+async def resend_verification(
+    user: CurrentUser, sessions: SessionFactory, backends: BackendsDep, later: BackgroundTasks
+) -> Response:
+    await emails.limit_verification_resend(backends, user)
+    later.add_task(emails.resend_verification, sessions, backends, user.id)
     return Response(status_code=status.HTTP_202_ACCEPTED)
 
 

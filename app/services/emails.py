@@ -8,7 +8,7 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.database.types import utcnow
@@ -49,11 +49,20 @@ async def send_verification(db: AsyncSession, backends: Backends, user: User) ->
     )
 
 
-async def resend_verification(db: AsyncSession, backends: Backends, user: User) -> None:
+async def limit_verification_resend(backends: Backends, user: User) -> None:
     limiter = backends.stores.limiter
     await limiter.hit(limiter.verify_resend, f"user:{user.id}")
-    if not user.is_verified:
-        await send_verification(db, backends, user)
+
+
+async def resend_verification(
+    sessions: async_sessionmaker[AsyncSession], backends: Backends, user_id: int
+) -> None:
+    """Queue another verification e-mail unless the address is verified. Runs after the
+    answer (`limit_verification_resend` came before), which is the same either way."""
+    async with sessions() as db:
+        user = await db.get(User, user_id)
+        if user is not None and not user.is_verified:
+            await send_verification(db, backends, user)
 
 
 async def verify(db: AsyncSession, token: str) -> User:
@@ -66,25 +75,31 @@ async def verify(db: AsyncSession, token: str) -> User:
     return user
 
 
-async def request_password_reset(
-    db: AsyncSession, backends: Backends, email: str, client: Client
-) -> None:
-    """Queue a reset e-mail if the account exists. The caller answers 202 either way."""
-    settings, limiter = backends.settings, backends.stores.limiter
+async def limit_password_reset(backends: Backends, client: Client) -> None:
+    limiter = backends.stores.limiter
     await limiter.hit(limiter.password_reset_ip, client.ip)
-    user = await db.scalar(select(User).where(User.email == email.lower(), User.is_active))
-    if user is None:
-        return
-    minutes = settings.password_reset_token_minutes
-    token = await _new_token(db, user, TokenPurpose.RESET_PASSWORD, timedelta(minutes=minutes))
-    await _queue(
-        db,
-        backends.runner,
-        user,
-        template="reset_password",
-        subject="Reset your password",
-        values={"link": _link(settings, "reset-password", token), "minutes": str(minutes)},
-    )
+
+
+async def request_password_reset(
+    sessions: async_sessionmaker[AsyncSession], backends: Backends, email: str
+) -> None:
+    """Queue a reset e-mail if the account exists. Runs after the 202 (only
+    `limit_password_reset` comes before it), so the answer takes the same time either way."""
+    settings = backends.settings
+    async with sessions() as db:
+        user = await db.scalar(select(User).where(User.email == email.lower(), User.is_active))
+        if user is None:
+            return
+        minutes = settings.password_reset_token_minutes
+        token = await _new_token(db, user, TokenPurpose.RESET_PASSWORD, timedelta(minutes=minutes))
+        await _queue(
+            db,
+            backends.runner,
+            user,
+            template="reset_password",
+            subject="Reset your password",
+            values={"link": _link(settings, "reset-password", token), "minutes": str(minutes)},
+        )
 
 
 async def reset_password(
@@ -169,4 +184,4 @@ async def _queue(
 
 
 def _link(settings: Settings, page: str, token: str) -> str:
-    return f"{settings.public_url.rstrip('/')}/{page}?{urlencode({'token': token})}"
+    return f"{settings.email_link_base}/{page}?{urlencode({'token': token})}"

@@ -430,16 +430,6 @@ async def test_every_operation_that_takes_a_body_documents_413(client: httpx.Asy
 # -- nosniff on every response -----------------------------------------------------------------
 
 
-@pytest.fixture
-def media_file(settings: Settings) -> Iterator[str]:
-    path = settings.media_path / "nosniff-check.txt"
-    path.write_text("<script>alert(1)</script>")
-    try:
-        yield f"{settings.media_url}/{path.name}"
-    finally:
-        path.unlink()
-
-
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [
@@ -469,11 +459,7 @@ async def test_every_response_says_nosniff(
     assert response.headers.get_list("X-Content-Type-Options") == [NOSNIFF]
 
 
-async def test_media_files_say_nosniff(client: httpx.AsyncClient, media_file: str) -> None:
-    response = await client.get(media_file)
-
-    assert response.status_code == 200
-    assert response.headers["X-Content-Type-Options"] == NOSNIFF
+# A served media file's nosniff: tests/test_media_access.py (assert_public, assert_private).
 
 
 @SENT_AS

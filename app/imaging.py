@@ -240,8 +240,9 @@ def _valid_icc(profile: bytes) -> bytes | None:
 
 # JPEG. Kept: SOF0-SOF15 (frame headers), DHT, DAC, DQT, DRI, DNL, SOS with its entropy-coded
 # data (every scan of a progressive JPEG, with its RSTn markers), EOI; the colour profile (APP2
-# ICC_PROFILE, re-chunked), the Adobe colour transform (APP14, 12 bytes, needed for CMYK and
-# YCCK) and the JFIF header (APP0) without its thumbnail. Nothing after EOI.
+# ICC_PROFILE before the first scan, where decoders read it; checked and re-chunked), the Adobe
+# colour transform (APP14, 12 bytes, needed for CMYK and YCCK) and the JFIF header (APP0)
+# without its thumbnail. Nothing after EOI.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _KEPT_JPEG_SEGMENTS = _SOF_MARKERS | {0xC4, 0xCC, 0xDB, 0xDD, 0xDC}
 _SOI, _EOI, _SOS, _APP0, _APP2, _APP14 = 0xD8, 0xD9, 0xDA, 0xE0, 0xE2, 0xEE
@@ -281,11 +282,12 @@ def _segment(marker: int, payload: bytes) -> bytes:
     return bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload
 
 
-def _jpeg_icc_segments(chunks: dict[int, bytes], counts: set[int]) -> bytes:
-    """The APP2 segments of a valid profile, or nothing: the pieces must number 1..n."""
-    if not chunks or counts != {len(chunks)} or set(chunks) != set(range(1, len(chunks) + 1)):
+def _jpeg_icc_segments(chunks: list[tuple[int, bytes]], counts: set[int]) -> bytes:
+    """The APP2 segments of a valid profile, or nothing: the pieces must number 1..n, once each."""
+    chunks.sort(key=lambda chunk: chunk[0])
+    if counts != {len(chunks)} or [seq for seq, _ in chunks] != list(range(1, len(chunks) + 1)):
         return b""
-    profile = _valid_icc(b"".join(chunks[seq] for seq in sorted(chunks)))
+    profile = _valid_icc(b"".join(piece for _, piece in chunks))
     if profile is None:
         return b""
     pieces = [profile[i : i + _ICC_CHUNK_BYTES] for i in range(0, len(profile), _ICC_CHUNK_BYTES)]
@@ -316,8 +318,8 @@ def strip_jpeg_metadata(data: bytes) -> bytes:
         raise MalformedImage("Not a JPEG file.")
     view, size = memoryview(data), len(data)
     out: list[bytes | memoryview] = [b"\xff\xd8"]
-    icc_at: int | None = None  # where in `out` the colour profile goes
-    icc_chunks: dict[int, bytes] = {}
+    icc_at: int | None = None  # where in `out` the colour profile goes: before the frame header
+    icc_chunks: list[tuple[int, bytes]] = []
     icc_counts: set[int] = set()
     scans = 0
     i = 2
@@ -349,6 +351,9 @@ def strip_jpeg_metadata(data: bytes) -> bytes:
         if marker in _KEPT_JPEG_SEGMENTS:
             if not _well_formed(marker, payload):
                 raise MalformedImage("Malformed JPEG table or header.")
+            if marker in _SOF_MARKERS and icc_at is None:
+                icc_at = len(out)
+                out.append(b"")
             out.append(view[i - 2 : end])
         elif marker == _SOS:
             if length < 3 or not 1 <= payload[0] <= 4 or length != 6 + 2 * payload[0]:
@@ -356,18 +361,15 @@ def strip_jpeg_metadata(data: bytes) -> bytes:
             end = _scan_end(data, end)
             out.append(view[i - 2 : end])
             scans += 1
-        elif marker == _APP2 and data.startswith(_ICC_TAG, i + 2) and length >= 16:
-            icc_chunks[payload[12]] = bytes(payload[14:])
+        elif marker == _APP2 and data.startswith(_ICC_TAG, i + 2) and length > 16 and not scans:
+            icc_chunks.append((payload[12], bytes(payload[14:])))
             icc_counts.add(payload[13])
-            if icc_at is None:
-                icc_at = len(out)
-                out.append(b"")
         elif marker == _APP14 and data.startswith(b"Adobe", i + 2) and length >= 14:
             out.append(_segment(_APP14, bytes(payload[:12])))
         elif marker == _APP0 and data.startswith(b"JFIF\x00", i + 2) and length >= 16:
             out.append(_segment(_APP0, bytes(payload[:12]) + b"\x00\x00"))  # no thumbnail
         i = end
-    if icc_at is not None:
+    if icc_at is not None and icc_chunks:
         out[icc_at] = _jpeg_icc_segments(icc_chunks, icc_counts)
     return b"".join(out)
 

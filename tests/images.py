@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import struct
 import time
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
-from PIL import ExifTags, Image, PngImagePlugin
+from PIL import ExifTags, Image, ImageCms, PngImagePlugin
 
 PROCESSING_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.05
@@ -115,6 +117,179 @@ def noisy_jpeg(size: tuple[int, int] = (800, 600)) -> bytes:
 def truncated_jpeg() -> bytes:
     data = noisy_jpeg()
     return data[: len(data) // 2]
+
+
+# -- files with metadata in every place it can hide --------------------------------------------
+#
+# Each piece of metadata carries a canary: unique bytes that must not be found in what is served.
+
+CANARY = b"GPS-CANARY-"
+
+
+def canary(name: str) -> bytes:
+    return CANARY + name.encode() + b"-END"
+
+
+def icc_profile(size: int | None = None) -> bytes:
+    """A real sRGB profile; with `size`, padded to that many bytes (and its header saying so),
+    so that a JPEG needs several APP2 segments to carry it."""
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    if size is None:
+        return profile
+    return size.to_bytes(4, "big") + profile[4:] + bytes(size - len(profile))
+
+
+def exif_bytes(text: bytes) -> bytes:
+    """A TIFF-structured EXIF block (no "Exif" prefix) with a camera make and GPS position."""
+    exif = gps_exif()
+    exif[ExifTags.Base.Make] = text.decode()
+    return exif.tobytes()[6:]
+
+
+def jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def jpeg_metadata(name: str, adobe_transform: int = 1) -> list[bytes]:
+    """A segment of every kind of JPEG metadata, each with its own canary. The Adobe segment's
+    colour transform must be the image's own (1: YCbCr, 0: RGB or CMYK, 2: YCCK)."""
+    c = canary
+    thumbnail = c(f"{name}-jfif-thumbnail").ljust(48, b".")
+    return [
+        jpeg_segment(0xE1, b"Exif\x00\x00" + exif_bytes(c(f"{name}-exif"))),
+        jpeg_segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta>" + c(f"{name}-xmp")),
+        jpeg_segment(0xE2, b"MPF\x00" + c(f"{name}-mpf")),
+        jpeg_segment(0xE2, b"FPXR\x00" + c(f"{name}-flashpix")),
+        jpeg_segment(0xE2, b"ICC_PROFILE" + c(f"{name}-not-icc")),  # no NUL: not a profile
+        jpeg_segment(0xED, b"Photoshop 3.0\x00" + c(f"{name}-iptc")),
+        jpeg_segment(0xEB, b"JP\x00\x00" + c(f"{name}-jumbf")),
+        jpeg_segment(0xE4, c(f"{name}-app4")),
+        jpeg_segment(0xEF, c(f"{name}-app15")),
+        jpeg_segment(0xFE, c(f"{name}-comment")),
+        jpeg_segment(0xEC, b"Ducky\x00" + c(f"{name}-app12")),
+        jpeg_segment(0xE0, b"JFXX\x00\x10" + c(f"{name}-jfxx")),
+        jpeg_segment(0xE0, b"JFIF\x00\x01\x02\x00\x00\x01\x00\x01\x10\x01" + thumbnail),
+        jpeg_segment(
+            0xEE, b"Adobe\x00\x64\x00\x00\x00\x00" + bytes((adobe_transform,)) + c(f"{name}-adobe")
+        ),
+        jpeg_segment(0xE1, b""),  # empty
+    ]
+
+
+def jpeg_icc_segments(profile: bytes, tail: bytes = b"") -> list[bytes]:
+    """The profile in APP2 segments of at most 65,519 bytes, `tail` after its last byte."""
+    data = profile + tail
+    pieces = [data[i : i + 65519] for i in range(0, len(data), 65519)]
+    return [
+        jpeg_segment(0xE2, b"ICC_PROFILE\x00" + bytes((seq, len(pieces))) + piece)
+        for seq, piece in enumerate(pieces, 1)
+    ]
+
+
+def jpeg_with(base: bytes, segments: list[bytes], after_eoi: bytes = b"") -> bytes:
+    """`segments` right after SOI, `after_eoi` after the end of the image."""
+    assert base.startswith(b"\xff\xd8")
+    assert base.endswith(b"\xff\xd9")
+    return base[:2] + b"".join(segments) + base[2:] + after_eoi
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(payload, zlib.crc32(kind))
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def png_chunks(data: bytes) -> list[bytes]:
+    """The chunks of a PNG, each whole (length, type, data and checksum)."""
+    chunks, i = [], 8
+    while i < len(data):
+        (length,) = struct.unpack_from(">I", data, i)
+        chunks.append(data[i : i + 12 + length])
+        i += 12 + length
+    return chunks
+
+
+def png_metadata(name: str) -> list[bytes]:
+    c = canary
+    return [
+        png_chunk(b"tEXt", b"Comment\x00" + c(f"{name}-text")),
+        png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(c(f"{name}-ztxt"))),
+        png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + c(f"{name}-xmp")),
+        png_chunk(b"eXIf", exif_bytes(c(f"{name}-exif"))),
+        png_chunk(b"tIME", b"\x07\xea\x0b\x19\x0c\x00\x00"),
+        png_chunk(b"prVt", c(f"{name}-private")),
+        png_chunk(b"caBX", c(f"{name}-c2pa")),
+        png_chunk(b"vpAg", c(f"{name}-vpag")),
+        png_chunk(b"tEXt", b""),  # empty
+    ]
+
+
+def png_with(
+    base: bytes,
+    before_idat: Sequence[bytes],
+    before_iend: Sequence[bytes] = (),
+    after_iend: bytes = b"",
+) -> bytes:
+    """`before_idat` ahead of the image data, `before_iend` after it, `after_iend` after IEND."""
+    chunks = png_chunks(base)
+    first_idat = next(i for i, chunk in enumerate(chunks) if chunk[4:8] == b"IDAT")
+    return b"".join(
+        [
+            base[:8],
+            *chunks[:first_idat],
+            *before_idat,
+            *chunks[first_idat:-1],
+            *before_iend,
+            chunks[-1],
+            after_iend,
+        ]
+    )
+
+
+def riff_chunk(kind: bytes, payload: bytes) -> bytes:
+    return kind + struct.pack("<I", len(payload)) + payload + b"\x00" * (len(payload) % 2)
+
+
+def webp_chunks(data: bytes) -> list[bytes]:
+    chunks, i = [], 12
+    while i < len(data):
+        (length,) = struct.unpack_from("<I", data, i + 4)
+        size = 8 + length + length % 2
+        chunks.append(data[i : i + size])
+        i += size
+    return chunks
+
+
+def webp_from(chunks: list[bytes], after: bytes = b"") -> bytes:
+    body = b"".join(chunks)
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body + after
+
+
+def webp_metadata(name: str) -> list[bytes]:
+    c = canary
+    return [
+        riff_chunk(b"EXIF", exif_bytes(c(f"{name}-exif"))),
+        riff_chunk(b"XMP ", b"<x:xmpmeta>" + c(f"{name}-xmp")),
+        riff_chunk(b"CNRY", c(f"{name}-unknown")),
+        riff_chunk(b"EXIF", b""),
+    ]
+
+
+def webp_with(base: bytes, chunks: list[bytes], after: bytes = b"") -> bytes:
+    """`chunks` after the VP8X header (with its EXIF and XMP flags set), `after` after RIFF."""
+    first, *rest = webp_chunks(base)
+    assert first[:4] == b"VP8X"
+    header = first[:8] + bytes((first[8] | 0x0C,)) + first[9:]
+    return webp_from([header, *chunks, *rest], after)
+
+
+def gif_with_metadata(name: str, size: tuple[int, int] = (60, 40)) -> bytes:
+    """A GIF with a comment, an XMP application extension and a plain-text canary after the
+    trailer."""
+    data = encode(banded(size).convert("P"), "GIF", comment=canary(f"{name}-comment"))
+    table = 3 * 2 ** ((data[10] & 7) + 1) if data[10] & 0x80 else 0
+    xmp = canary(f"{name}-xmp")
+    application = b"\x21\xff\x0bXMP DataXMP" + bytes((len(xmp),)) + xmp + b"\x00"
+    return data[: 13 + table] + application + data[13 + table :] + canary(f"{name}-trailing")
 
 
 def open_image(data: bytes) -> Image.Image:

@@ -358,6 +358,63 @@ async def test_png_text_chunks_and_exif_are_stripped(
     assert_no_metadata(images.open_image(original))
 
 
+async def test_metadata_anywhere_in_a_jpeg_is_not_served(
+    client: httpx.AsyncClient, author: Account, post: dict[str, Any]
+) -> None:
+    """GPS in APP1 before and after the end of the image, APP2 segments that are not a colour
+    profile, comments, XMP, IPTC: none is served; the pixels and the colour profile are."""
+    profile = images.icc_profile()
+    base = images.jpeg((800, 600))
+    trailing_gps = images.jpeg_segment(
+        0xE1, b"Exif\x00\x00" + images.exif_bytes(b"GPS-CANARY-tail")
+    )
+    data = images.jpeg_with(
+        base,
+        [*images.jpeg_metadata("upload"), *images.jpeg_icc_segments(profile)],
+        after_eoi=trailing_gps + images.canary("after-eoi"),
+    )
+
+    image = await ready_image(client, author, post["id"], data)
+
+    for variant in image["variants"].values():
+        assert images.CANARY not in await fetch(client, variant["url"])
+    original = images.open_image(await fetch(client, image["variants"]["original"]["url"]))
+    assert original.info["icc_profile"] == profile
+    assert original.tobytes() == images.open_image(base).tobytes()
+
+
+async def test_private_and_text_chunks_of_a_png_are_not_served(
+    client: httpx.AsyncClient, author: Account, post: dict[str, Any]
+) -> None:
+    profile = images.icc_profile()
+    base = images.encode(images.banded((800, 600)), "PNG", icc_profile=profile)
+    data = images.png_with(
+        base, images.png_metadata("head"), images.png_metadata("tail"), images.canary("after")
+    )
+
+    image = await ready_image(client, author, post["id"], data, filename="p.png")
+
+    original = await fetch(client, image["variants"]["original"]["url"])
+    assert images.CANARY not in original
+    assert b"prVt" not in original
+    assert images.open_image(original).tobytes() == images.open_image(base).tobytes()
+    assert images.open_image(original).info["icc_profile"] == profile
+
+
+async def test_exif_and_xmp_chunks_of_a_webp_are_not_served(
+    client: httpx.AsyncClient, author: Account, post: dict[str, Any]
+) -> None:
+    base = images.encode(images.banded((800, 600)), "WEBP", quality=80, exif=images.gps_exif())
+    data = images.webp_with(base, images.webp_metadata("upload"), images.canary("after"))
+
+    image = await ready_image(client, author, post["id"], data, filename="p.webp")
+
+    original = await fetch(client, image["variants"]["original"]["url"])
+    assert images.CANARY not in original
+    assert b"InkwellCam" not in original
+    assert images.open_image(original).tobytes() == images.open_image(base).tobytes()
+
+
 async def test_png_transparency_is_kept_in_webp_variants(
     client: httpx.AsyncClient, author: Account, post: dict[str, Any]
 ) -> None:

@@ -37,6 +37,10 @@ class RateLimiter:
             "password-reset-ip", parse(settings.rate_limit_password_reset_ip)
         )
         self.verify_resend = Limit("verify-resend", parse(settings.rate_limit_verify_resend))
+        self.email_change = Limit("email-change", parse(settings.rate_limit_email_change))
+        self.sensitive_account = Limit(
+            "sensitive-account", parse(settings.rate_limit_sensitive_account)
+        )
         self._link = link
         self._memory = MovingWindowRateLimiter(MemoryStorage())
         self._shared: MovingWindowRateLimiter | None = None

@@ -106,7 +106,7 @@ def worker(
 @cli.command("create-admin")
 def create_admin(
     email: Annotated[str, typer.Option(prompt=True)],
-    username: Annotated[str, typer.Option(prompt=True)] = "admin",
+    username: Annotated[str, typer.Option(help="For a new account")] = "admin",
     password: Annotated[
         str | None,
         typer.Option(

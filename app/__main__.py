@@ -113,33 +113,63 @@ def worker(
 @cli.command("create-admin")
 def create_admin(
     email: Annotated[str, typer.Option(prompt=True)],
-    username: Annotated[str, typer.Option(prompt=True)] = "admin",
+    username: Annotated[str, typer.Option(help="For a new account")] = "admin",
     password: Annotated[
-        str,
+        str | None,
         typer.Option(
-            prompt=True, hide_input=True, confirmation_prompt=True, envvar="ADMIN_PASSWORD"
+            envvar="ADMIN_PASSWORD",
+            show_default=False,
+            help="Asked for when not given (8-128 characters, not a common password)",
         ),
-    ] = "",
+    ] = None,
+    promote_existing: Annotated[
+        bool,
+        typer.Option(
+            "--promote-existing",
+            help="Make the existing account with this e-mail an administrator, if its address "
+            "is verified (its password stays as it is)",
+        ),
+    ] = False,
 ) -> None:
-    """Create an administrator (or promote the account with that e-mail)."""
+    """Create an administrator. An existing account is promoted only with --promote-existing."""
     from app.database.session import create_engine, create_session_factory
+    from app.errors import AppError
     from app.services import users
     from app.services.security import Security
 
     settings = get_settings()
+    if password is None and not promote_existing:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
 
-    async def _create() -> None:
+    async def _create() -> tuple[str, int, users.AdminOutcome]:
         engine = create_engine(settings)
         try:
             async with create_session_factory(engine)() as db:
-                user = await users.create_admin(
-                    db, Security.from_settings(settings), email, username, password
+                user, outcome = await users.create_admin(
+                    db,
+                    Security.from_settings(settings),
+                    email=email,
+                    username=username,
+                    password=password,
+                    promote_existing=promote_existing,
                 )
-                typer.echo(f"administrator {user.username} (id {user.id}) is ready")
+                return user.username, user.id, outcome
         finally:
             await engine.dispose()
 
-    asyncio.run(_create())
+    try:
+        name, user_id, outcome = asyncio.run(_create())
+    except AppError as exc:
+        typer.echo(f"create-admin: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    messages = {
+        users.AdminOutcome.CREATED: f"administrator {name} (id {user_id}) created",
+        users.AdminOutcome.PROMOTED: f"account {name} (id {user_id}) is now an administrator; "
+        "its password is unchanged",
+        users.AdminOutcome.UNCHANGED: f"{name} (id {user_id}) is already an administrator; "
+        "nothing changed (its password neither)",
+    }
+    typer.echo(messages[outcome])
 
 
 @cli.command()

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     password_reset_token_minutes: int = Field(default=30, ge=1)
     require_email_verification: bool = False
     rate_limit_verify_resend: str = "3/hour"
+    rate_limit_email_change: str = "5/hour"
+    # Wrong current passwords per account (changing the e-mail address or the password).
+    rate_limit_sensitive_account: str = "5/15 minutes"
 
     # Request bodies: every body but an upload's is refused (413) beyond this many bytes.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
@@ -139,7 +142,7 @@ class Settings(BaseSettings):
     # The key of those signatures; unset: derived from the JWT secret (or private key).
     media_signing_key: SecretStr | None = None
 
-    # A first administrator, created at start-up when both are set.
+    # A first administrator, created at start-up when both are set; never a promotion.
     first_admin_email: str | None = None
     first_admin_username: str = "admin"
     first_admin_password: SecretStr | None = None
@@ -205,6 +208,8 @@ class Settings(BaseSettings):
         "rate_limit_register_ip",
         "rate_limit_password_reset_ip",
         "rate_limit_verify_resend",
+        "rate_limit_email_change",
+        "rate_limit_sensitive_account",
     )
     @classmethod
     def _valid_rate_limit(cls, value: str) -> str:

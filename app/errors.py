@@ -147,6 +147,14 @@ class LastAdmin(Conflict):
     detail = "The last active administrator cannot be removed or demoted."
 
 
+class AdminSetupRefused(Conflict):
+    """`create-admin` or `FIRST_ADMIN_*` would hand administration to an account nobody has
+    shown is the operator's, or with a password the policy refuses."""
+
+    code = "admin_setup_refused"
+    title = "Administrator not created"
+
+
 class PayloadTooLarge(AppError):
     status = 413
     code = "payload_too_large"

@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp
 
+from app import password_policy
 from app.config import Settings, get_settings
 from app.database.session import (
     create_engine,
@@ -18,7 +20,7 @@ from app.database.session import (
     create_session_factory,
 )
 from app.docs import install_docs
-from app.errors import install_error_handlers
+from app.errors import AppError, install_error_handlers
 from app.logging_setup import configure_logging
 from app.mail import build_mailer
 from app.media import LocalMedia
@@ -80,15 +82,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings, stores, media, runner, app.state.security, app.state.read_session_factory
     )
     await _requeue_pending_images(jobs, runner)
-    if settings.first_admin_email and settings.first_admin_password:
-        async with app.state.session_factory() as db:
-            await user_service.create_admin(
-                db,
-                app.state.security,
-                settings.first_admin_email,
-                settings.first_admin_username,
-                settings.first_admin_password.get_secret_value(),
-            )
+    password_policy.common_passwords()  # read the list now, not in the first request
+    await _create_first_admin(settings, app.state.session_factory, app.state.security)
     try:
         yield
     finally:
@@ -108,6 +103,34 @@ async def _requeue_pending_images(jobs: JobContext, runner: TaskRunner) -> None:
         return
     for task_id, image_id in pending:
         await runner.enqueue(PROCESS_IMAGE, task_id, image_id=image_id)
+
+
+async def _create_first_admin(
+    settings: Settings, session_factory: async_sessionmaker[AsyncSession], security: Security
+) -> None:
+    """FIRST_ADMIN_* creates an administrator, never promotes an existing account (anyone could
+    have registered the address before the first start). A refusal is logged as an error and
+    the API starts anyway: refusing to start would let whoever registered the address keep the
+    service down, and the operator can act on the message (`python -m app create-admin`)."""
+    if not (settings.first_admin_email and settings.first_admin_password):
+        return
+    async with session_factory() as db:
+        try:
+            user, outcome = await user_service.create_admin(
+                db,
+                security,
+                email=settings.first_admin_email,
+                username=settings.first_admin_username,
+                password=settings.first_admin_password.get_secret_value(),
+            )
+        except AppError as exc:
+            logger.error(
+                "FIRST_ADMIN_EMAIL: no administrator created or promoted",
+                extra={"reason": exc.message},
+            )
+            return
+    if outcome is not user_service.AdminOutcome.UNCHANGED:
+        logger.info("first administrator %s", outcome.value, extra={"username": user.username})
 
 
 class InkwellApp(FastAPI):

@@ -21,6 +21,7 @@ PASSWORD = "correct horse battery"
 USER_OUT_KEYS = {
     "id",
     "email",
+    "pending_email",
     "username",
     "full_name",
     "bio",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -11,11 +12,16 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from fastapi import FastAPI
+from pydantic import SecretStr
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.errors import AdminSetupRefused
 from app.models import AuthSession, Post, User
+from app.services import users
+from tests.conftest import running_app, settings_like
 from tests.factories import (
     PASSWORD,
     USER_OUT_KEYS,
@@ -29,6 +35,7 @@ from tests.problems import assert_problem
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT_S = 120
+STRONG = "a strong admin password"
 
 
 async def stored_user(db: AsyncSession, user_id: int) -> User | None:
@@ -501,27 +508,168 @@ async def test_cli_create_admin_makes_an_administrator_who_can_log_in(
     )
     assert listing.status_code == 200, listing.text
     assert [u["username"] for u in listing.json()["items"]] == ["root"]
+    again = await run_create_admin(
+        settings, "--email", "root@example.com", "--password", "another strong password"
+    )
+    assert again.returncode == 0, again.stderr
+    assert "root" in again.stdout
+    assert "already an administrator; nothing changed" in again.stdout
+    await login(client, "root", password)
 
 
-async def test_cli_create_admin_promotes_the_account_with_that_email(
+async def test_cli_create_admin_never_promotes_an_existing_account_unasked(
     client: httpx.AsyncClient, db: AsyncSession, settings: Settings
+) -> None:
+    """Anyone could have registered the address the operator is about to use."""
+    squatter = await register(client, username="squatter", email="root@example.com")
+    await db.execute(update(User).where(User.id == squatter.id).values(is_verified=True))
+    await db.commit()
+    before = user_snapshot(await stored_user(db, squatter.id))
+
+    result = await run_create_admin(
+        settings, "--email", "Root@Example.com", "--username", "root", "--password", STRONG
+    )
+
+    assert result.returncode == 1, result
+    assert "already exists" in result.stderr
+    assert "--promote-existing" in result.stderr
+    assert user_snapshot(await stored_user(db, squatter.id)) == before
+    assert (await db.scalar(select(func.count()).select_from(User))) == 1
+    assert_problem(await client.get("/api/users", headers=squatter.headers), 403)
+    assert (
+        await client.post("/api/token", json={"username": "root@example.com", "password": STRONG})
+    ).status_code == 401
+
+
+async def test_create_admin_promotes_an_unverified_account_not_even_when_asked(
+    client: httpx.AsyncClient, db: AsyncSession, app: FastAPI
 ) -> None:
     alice = await register(client, username="alice", email="alice@example.com")
 
+    with pytest.raises(AdminSetupRefused, match="has not verified"):
+        await users.create_admin(
+            db,
+            app.state.security,
+            email="alice@example.com",
+            username="admin",
+            password=None,
+            promote_existing=True,
+        )
+
+    stored = await stored_user(db, alice.id)
+    assert stored is not None
+    assert stored.role == "user"
+
+
+async def test_cli_create_admin_promotes_a_verified_account_when_asked(
+    client: httpx.AsyncClient, db: AsyncSession, settings: Settings
+) -> None:
+    alice = await register(client, username="alice", email="alice@example.com")
+    await db.execute(update(User).where(User.id == alice.id).values(is_verified=True))
+    await db.commit()
+
     result = await run_create_admin(
-        settings,
-        "--email",
-        "ALICE@example.com",
-        "--username",
-        "ignored",
-        "--password",
-        "not alices password",
+        settings, "--email", "ALICE@example.com", "--username", "ignored", "--promote-existing"
     )
 
     assert result.returncode == 0, result.stderr
+    assert "alice" in result.stdout
+    assert "password is unchanged" in result.stdout
     stored = await stored_user(db, alice.id)
     assert stored is not None
     assert (stored.username, stored.role) == ("alice", "admin")
     assert (await db.scalar(select(func.count()).select_from(User))) == 1
     assert (await client.get("/api/users", headers=alice.headers)).status_code == 200
     await login(client, "alice", PASSWORD)
+
+
+async def test_cli_create_admin_refuses_an_empty_password(
+    db: AsyncSession, settings: Settings
+) -> None:
+    result = await run_create_admin(
+        settings, "--email", "root@example.com", "--username", "root", "--password", ""
+    )
+
+    assert result.returncode == 1, result
+    assert "at least 8 characters" in result.stderr
+    assert (await db.scalar(select(func.count()).select_from(User))) == 0
+
+
+@pytest.mark.parametrize("password", ["password", "qwertyuiop", "Password1"])
+async def test_create_admin_refuses_a_common_password(
+    db: AsyncSession, app: FastAPI, password: str
+) -> None:
+    with pytest.raises(AdminSetupRefused, match="most common"):
+        await users.create_admin(
+            db, app.state.security, email="root@example.com", username="root", password=password
+        )
+
+    assert (await db.scalar(select(func.count()).select_from(User))) == 0
+
+
+async def test_create_admin_again_for_an_administrator_changes_nothing(
+    client: httpx.AsyncClient, db: AsyncSession, app: FastAPI
+) -> None:
+    created, outcome = await users.create_admin(
+        db, app.state.security, email="root@example.com", username="root", password=STRONG
+    )
+    assert outcome is users.AdminOutcome.CREATED
+    before = (user_snapshot(created), created.password_hash)
+
+    again, outcome = await users.create_admin(
+        db,
+        app.state.security,
+        email="Root@example.com",
+        username="other",
+        password="another strong password",
+    )
+
+    assert (again.id, outcome) == (created.id, users.AdminOutcome.UNCHANGED)
+    stored = await stored_user(db, created.id)
+    assert stored is not None
+    assert (user_snapshot(stored), stored.password_hash) == before
+    await login(client, "root", STRONG)
+
+
+# --- FIRST_ADMIN_* at start-up ----------------------------------------------------------------
+async def start_with_first_admin(settings: Settings, email: str, password: str) -> None:
+    configured = settings_like(
+        settings,
+        first_admin_email=email,
+        first_admin_username="root",
+        first_admin_password=SecretStr(password),
+    )
+    async with running_app(configured) as (_, client):
+        assert (await client.get("/health")).status_code == 200  # it starts anyway
+
+
+async def test_first_admin_never_promotes_an_existing_account(
+    client: httpx.AsyncClient,
+    db: AsyncSession,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    squatter = await register(client, username="squatter", email="root@example.com")
+    await db.execute(update(User).where(User.id == squatter.id).values(is_verified=True))
+    await db.commit()
+
+    with caplog.at_level(logging.ERROR, logger="app.main"):
+        await start_with_first_admin(settings, "root@example.com", STRONG)
+
+    stored = await stored_user(db, squatter.id)
+    assert stored is not None
+    assert (stored.role, stored.username) == ("user", "squatter")
+    assert (await db.scalar(select(func.count()).select_from(User))) == 1
+    (record,) = [r for r in caplog.records if r.name == "app.main" and r.levelno == logging.ERROR]
+    assert "already exists" in record.__dict__["reason"]
+
+
+async def test_first_admin_with_a_common_password_is_not_created(
+    db: AsyncSession, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="app.main"):
+        await start_with_first_admin(settings, "root@example.com", "12345678")
+
+    assert (await db.scalar(select(func.count()).select_from(User))) == 0
+    (record,) = [r for r in caplog.records if r.name == "app.main" and r.levelno == logging.ERROR]
+    assert "most common" in record.__dict__["reason"]

@@ -248,7 +248,24 @@ async def test_empty_or_unknown_fields_in_verify_body_are_422(client: httpx.Asyn
     assert extra.status_code == 422
 
 
-async def test_email_change_unverifies_and_mails_the_new_address(
+def by_subject(messages: list[EmailMessage], subject: str) -> EmailMessage:
+    matching = [m for m in messages if m["Subject"] == subject]
+    assert len(matching) == 1, [m["Subject"] for m in messages]
+    return matching[0]
+
+
+async def change_email(client: httpx.AsyncClient, account: Account, address: str) -> dict[str, Any]:
+    response = await client.patch(
+        "/api/users/me",
+        json={"email": address, "current_password": account.password},
+        headers=account.headers,
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_email_change_takes_effect_only_once_the_new_address_is_verified(
     client: httpx.AsyncClient,
     app: FastAPI,
     settings: Settings,
@@ -259,48 +276,141 @@ async def test_email_change_unverifies_and_mails_the_new_address(
     assert (await client.post("/api/users/verify", json={"token": token})).status_code == 200
     new_address = f"new-{account.username}@example.org"
 
-    response = await client.patch(
-        "/api/users/me", json={"email": new_address}, headers=account.headers
+    body = await change_email(client, account, new_address)
+
+    assert (body["email"], body["pending_email"], body["is_verified"]) == (
+        account.email,
+        new_address,
+        True,
     )
-
-    assert response.status_code == 200, response.text
-    assert response.json()["email"] == new_address
-    assert response.json()["is_verified"] is False
-    stored = await stored_user(db, account.id)
-    assert (stored.email, stored.is_verified) == (new_address, False)
+    old_mails = await mails_to(smtp_server, account.email, count=2)
+    notice = by_subject(old_mails, "Your e-mail address is being changed")
+    assert new_address in text_body(notice)
+    assert "token=" not in text_body(notice)
     (message,) = await mails_to(smtp_server, new_address)
-    assert message["To"] == new_address
     new_token = link_token(settings, message, "verify-email")
-    verified = await client.post("/api/users/verify", json={"token": new_token})
-    assert verified.status_code == 200
-    assert verified.json()["email"] == new_address
-    assert verified.json()["is_verified"] is True
-    assert (await stored_user(db, account.id)).is_verified is True
+    # Until the new address is verified, password resets go to the old one only.
+    for address in (new_address, account.email):
+        assert (
+            await client.post("/api/password-reset", json={"email": address})
+        ).status_code == 202
+    reset = with_link(await mails_to(smtp_server, account.email, count=3), "reset-password")
+    assert reset["To"] == account.email
     await settle_emails(app, account.id)
-    assert len(smtp_server.wait_for(account.email, timeout=0)) == 1  # nothing more to the old
+    assert len(smtp_server.wait_for(new_address, timeout=0)) == 1
+
+    verified = await client.post("/api/users/verify", json={"token": new_token})
+
+    assert verified.status_code == 200, verified.text
+    assert (verified.json()["email"], verified.json()["pending_email"]) == (new_address, None)
+    assert verified.json()["is_verified"] is True
+    stored = await stored_user(db, account.id)
+    assert (stored.email, stored.pending_email, stored.is_verified) == (new_address, None, True)
+    assert (
+        await client.post("/api/password-reset", json={"email": new_address})
+    ).status_code == 202
+    with_link(await mails_to(smtp_server, new_address, count=2), "reset-password")
+    await login(client, new_address)
 
 
-async def test_link_sent_to_a_previous_address_no_longer_verifies(
+async def test_a_link_for_a_replaced_pending_address_no_longer_verifies(
     client: httpx.AsyncClient, settings: Settings, smtp_server: SmtpServer, db: AsyncSession
 ) -> None:
-    account, old_token = await registered_with_link(client, settings, smtp_server)
-    new_address = f"moved-{account.username}@example.org"
-    changed = await client.patch(
-        "/api/users/me", json={"email": new_address}, headers=account.headers
+    account, first_token = await registered_with_link(client, settings, smtp_server)
+    first, second = (f"{n}-{account.username}@example.org" for n in ("first", "second"))
+    await change_email(client, account, first)
+    (first_link,) = await mails_to(smtp_server, first)
+    await change_email(client, account, second)
+    (second_link,) = await mails_to(smtp_server, second)
+
+    replaced = await client.post(
+        "/api/users/verify", json={"token": link_token(settings, first_link, "verify-email")}
     )
-    assert changed.status_code == 200
 
-    old = await client.post("/api/users/verify", json={"token": old_token})
-
-    assert old.status_code == 400
-    assert old.json()["code"] == "email_token_invalid"
-    assert (await stored_user(db, account.id)).is_verified is False
-    (message,) = await mails_to(smtp_server, new_address)
+    assert replaced.status_code == 400
+    assert replaced.json()["code"] == "email_token_invalid"
+    stored = await stored_user(db, account.id)
+    assert (stored.email, stored.pending_email) == (account.email, second)
+    # The registration link still proves the current address.
+    current = await client.post("/api/users/verify", json={"token": first_token})
+    assert current.status_code == 200
+    assert (current.json()["email"], current.json()["pending_email"]) == (account.email, second)
     new = await client.post(
-        "/api/users/verify", json={"token": link_token(settings, message, "verify-email")}
+        "/api/users/verify", json={"token": link_token(settings, second_link, "verify-email")}
     )
     assert new.status_code == 200
-    assert (await stored_user(db, account.id)).is_verified is True
+    assert (await stored_user(db, account.id)).email == second
+
+
+async def test_of_two_accounts_waiting_for_one_address_the_first_to_verify_gets_it(
+    client: httpx.AsyncClient, settings: Settings, smtp_server: SmtpServer, db: AsyncSession
+) -> None:
+    alice = await register(client)
+    bob = await register(client)
+    shared = f"shared-{alice.username}@example.org"
+    await change_email(client, alice, shared)
+    await change_email(client, bob, shared)
+    links = await mails_to(smtp_server, shared, count=2)
+    tokens = {
+        name: link_token(settings, m, "verify-email")
+        for m in links
+        for name in (alice.username, bob.username)
+        if f"Hello {name}," in text_body(m)
+    }
+
+    first = await client.post("/api/users/verify", json={"token": tokens[alice.username]})
+    second = await client.post("/api/users/verify", json={"token": tokens[bob.username]})
+
+    assert first.status_code == 200, first.text
+    assert second.status_code == 409
+    assert second.json()["code"] == "email_taken"
+    assert (await stored_user(db, alice.id)).email == shared
+    assert (await stored_user(db, bob.id)).email == bob.email
+
+
+async def test_a_change_to_a_taken_address_mails_its_owner_a_notice_and_no_link(
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    settings: Settings,
+    smtp_server: SmtpServer,
+    db: AsyncSession,
+) -> None:
+    carol, _ = await registered_with_link(client, settings, smtp_server)
+    alice = await register(client)
+
+    body = await change_email(client, alice, carol.email)
+
+    assert body["pending_email"] == carol.email  # the same answer as for a free address
+    carols = await mails_to(smtp_server, carol.email, count=2)
+    notice = by_subject(carols, "Someone tried to use your e-mail address")
+    assert f"Hello {carol.username}," in text_body(notice)
+    assert "token=" not in text_body(notice)
+    await settle_emails(app, alice.id)
+    await settle_emails(app, carol.id)
+    assert len(smtp_server.wait_for(carol.email, timeout=0)) == 2
+    by_subject(
+        await mails_to(smtp_server, alice.email, count=2), "Your e-mail address is being changed"
+    )
+    assert (await stored_user(db, carol.id)).email == carol.email
+
+
+async def test_resend_sends_the_link_for_the_pending_address(
+    client: httpx.AsyncClient, settings: Settings, smtp_server: SmtpServer, db: AsyncSession
+) -> None:
+    account = await register(client)
+    new_address = f"resent-{account.username}@example.org"
+    await change_email(client, account, new_address)
+    await mails_to(smtp_server, new_address)
+
+    response = await client.post("/api/users/me/verify/resend", headers=account.headers)
+
+    assert response.status_code == 202
+    second = (await mails_to(smtp_server, new_address, count=2))[1]
+    verified = await client.post(
+        "/api/users/verify", json={"token": link_token(settings, second, "verify-email")}
+    )
+    assert verified.status_code == 200
+    assert (await stored_user(db, account.id)).email == new_address
 
 
 async def test_resend_mails_another_verification_link(

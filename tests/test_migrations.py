@@ -60,12 +60,25 @@ async def test_upgrade_downgrade_upgrade_round_trip(scratch: Settings) -> None:
 
     await asyncio.to_thread(command.upgrade, config, "head")
     await asyncio.to_thread(command.downgrade, config, "-1")
+    assert "pending_email" not in await _user_columns(scratch)
+    await asyncio.to_thread(command.downgrade, config, "-1")
     assert "ix_task_name_state" not in await _task_indexes(scratch)
     await asyncio.to_thread(command.downgrade, config, "0001_initial_schema")
     assert await _tables(scratch) == INITIAL_TABLES
     await asyncio.to_thread(command.upgrade, config, "head")
     assert await _tables(scratch) == EXPECTED_TABLES
     assert "ix_task_name_state" in await _task_indexes(scratch)
+    assert "pending_email" in await _user_columns(scratch)
+
+
+async def _user_columns(settings: Settings) -> set[str]:
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            columns = await conn.run_sync(lambda c: inspect(c).get_columns("user"))
+    finally:
+        await engine.dispose()
+    return {str(column["name"]) for column in columns}
 
 
 async def _task_indexes(settings: Settings) -> set[str]:

@@ -373,7 +373,7 @@ async def test_patch_me_new_username_logs_in(client: httpx.AsyncClient) -> None:
     assert new.status_code == 200, new.text
 
 
-async def test_patch_me_email_change_clears_is_verified(
+async def test_patch_me_email_change_waits_as_pending_until_verified(
     client: httpx.AsyncClient, db: AsyncSession
 ) -> None:
     alice = await register(client)
@@ -381,34 +381,97 @@ async def test_patch_me_email_change_clears_is_verified(
     await db.commit()
 
     response = await client.patch(
-        "/api/users/me", json={"email": "New.Alice@Example.com"}, headers=alice.headers
+        "/api/users/me",
+        json={"email": "New.Alice@Example.com", "current_password": PASSWORD},
+        headers=alice.headers,
     )
 
     assert response.status_code == 200, response.text
-    assert response.json()["email"] == "new.alice@example.com"
-    assert response.json()["is_verified"] is False
+    body = response.json()
+    assert (body["email"], body["pending_email"]) == (alice.email, "new.alice@example.com")
+    assert body["is_verified"] is True
     stored = await stored_user(db, alice.id)
     assert stored is not None
-    assert stored.email == "new.alice@example.com"
-    assert stored.is_verified is False
+    assert (stored.email, stored.pending_email) == (alice.email, "new.alice@example.com")
+    assert stored.is_verified is True
+    me = await client.get("/api/users/me", headers=alice.headers)
+    assert (me.json()["email"], me.json()["pending_email"]) == (
+        alice.email,
+        "new.alice@example.com",
+    )
 
 
-async def test_patch_me_same_email_keeps_is_verified(
+async def test_patch_me_email_without_current_password_is_422_and_changes_nothing(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    alice = await register(client)
+    before = user_snapshot(await stored_user(db, alice.id))
+
+    response = await client.patch(
+        "/api/users/me",
+        json={"email": "stolen@example.org", "bio": "mine now"},
+        headers=alice.headers,
+    )
+
+    assert_problem(response, 422, "validation_error")
+    assert "current_password" in response.json()["detail"]
+    assert user_snapshot(await stored_user(db, alice.id)) == before
+    assert (await stored_user(db, alice.id)).pending_email is None  # type: ignore[union-attr]
+
+
+async def test_patch_me_email_with_wrong_password_is_400_and_changes_nothing(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    alice = await register(client)
+    before = user_snapshot(await stored_user(db, alice.id))
+
+    response = await client.patch(
+        "/api/users/me",
+        json={"email": "stolen@example.org", "current_password": "a guess", "bio": "mine"},
+        headers=alice.headers,
+    )
+
+    assert_problem(response, 400, "wrong_password")
+    assert user_snapshot(await stored_user(db, alice.id)) == before
+    assert (await stored_user(db, alice.id)).pending_email is None  # type: ignore[union-attr]
+
+
+async def test_patch_me_without_email_needs_no_password(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    alice = await register(client)
+
+    response = await client.patch("/api/users/me", json={"bio": "Tea."}, headers=alice.headers)
+
+    assert response.status_code == 200, response.text
+    assert (await stored_user(db, alice.id)).bio == "Tea."  # type: ignore[union-attr]
+
+
+async def test_patch_me_same_email_keeps_is_verified_and_drops_a_pending_change(
     client: httpx.AsyncClient, db: AsyncSession
 ) -> None:
     alice = await register(client)
     await db.execute(update(User).where(User.id == alice.id).values(is_verified=True))
     await db.commit()
+    pending = await client.patch(
+        "/api/users/me",
+        json={"email": "elsewhere@example.org", "current_password": PASSWORD},
+        headers=alice.headers,
+    )
+    assert pending.json()["pending_email"] == "elsewhere@example.org"
 
     response = await client.patch(
-        "/api/users/me", json={"email": alice.email.upper()}, headers=alice.headers
+        "/api/users/me",
+        json={"email": alice.email.upper(), "current_password": PASSWORD},
+        headers=alice.headers,
     )
 
     assert response.status_code == 200, response.text
     assert response.json()["is_verified"] is True
+    assert response.json()["pending_email"] is None
     stored = await stored_user(db, alice.id)
     assert stored is not None
-    assert stored.is_verified is True
+    assert (stored.email, stored.pending_email, stored.is_verified) == (alice.email, None, True)
 
 
 async def test_patch_me_to_taken_username_is_409_and_changes_nothing(
@@ -427,19 +490,33 @@ async def test_patch_me_to_taken_username_is_409_and_changes_nothing(
 
 
 @pytest.mark.parametrize("email", ["bob@example.com", "BOB@Example.com"])
-async def test_patch_me_to_taken_email_is_409_and_changes_nothing(
+async def test_patch_me_to_taken_email_answers_as_for_a_free_one(
     client: httpx.AsyncClient, db: AsyncSession, email: str
 ) -> None:
+    """No oracle of who has an account: the change waits as pending either way, and the link
+    is what is refused (see test_email_flows)."""
     alice = await register(client, username="alice")
-    await register(client, username="bob", email="bob@example.com")
-    before = user_snapshot(await stored_user(db, alice.id))
+    bob = await register(client, username="bob", email="bob@example.com")
+    carol = await register(client, username="carol")
 
-    response = await client.patch(
-        "/api/users/me", json={"email": email, "bio": "mine now"}, headers=alice.headers
+    taken = await client.patch(
+        "/api/users/me",
+        json={"email": email, "current_password": PASSWORD},
+        headers=alice.headers,
+    )
+    free = await client.patch(
+        "/api/users/me",
+        json={"email": "nobody-has-this@example.com", "current_password": PASSWORD},
+        headers=carol.headers,
     )
 
-    assert_problem(response, 409, "email_taken")
-    assert user_snapshot(await stored_user(db, alice.id)) == before
+    assert (taken.status_code, free.status_code) == (200, 200)
+    assert taken.json().keys() == free.json().keys()
+    assert taken.json()["pending_email"] == "bob@example.com"
+    assert taken.json()["email"] == alice.email
+    stored_bob = await stored_user(db, bob.id)
+    assert stored_bob is not None
+    assert stored_bob.email == "bob@example.com"
 
 
 @pytest.mark.parametrize(

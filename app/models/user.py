@@ -23,6 +23,9 @@ class User(Base):
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     # Stored lower-cased, so the unique index is case-insensitive on every database.
     email: Mapped[str] = mapped_column(String(254), unique=True)
+    # A new address asked for, in effect (and sent resets) only once its link is used. Not
+    # unique: two accounts may wait for the same address; the first to verify gets it.
+    pending_email: Mapped[str | None] = mapped_column(String(254), default=None)
     username: Mapped[str] = mapped_column(String(32), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     full_name: Mapped[str] = mapped_column(String(100), default="")

@@ -22,13 +22,13 @@ from app.schemas.common import Page, problem_responses
 from app.schemas.user import (
     AdminUserUpdate,
     PasswordChange,
+    ProfileUpdate,
     Registered,
     SessionOut,
     TokenBody,
     UserCreate,
     UserOut,
     UserPublic,
-    UserUpdate,
 )
 from app.services import auth, emails, users
 
@@ -73,13 +73,18 @@ async def read_me(user: CurrentUser) -> UserOut:
     "/me",
     operation_id="users-me-update",
     summary="Change my profile",
-    description="Change `full_name`, `bio`, `username` or `email`. A new e-mail address must be "
-    "verified again.",
+    description="Change `full_name`, `bio`, `username` or `email`. A new `email` needs "
+    "`current_password` in the same body (400 `wrong_password` if wrong; wrong guesses are rate "
+    "limited per account) and waits in `pending_email` until the link sent to it is used; "
+    "`email`, and password resets, stay with the current address until then. The current "
+    "address is told of the change. Whether another account has the new address is not said "
+    "here: the link is refused then (409). Sending the current `email` drops a pending change. "
+    "E-mail changes are rate limited per account.",
     response_model=UserOut,
-    responses=problem_responses(401, 409, 413, 422),
+    responses=problem_responses(400, 401, 409, 413, 422, 429),
 )
 async def update_me(
-    body: UserUpdate, user: CurrentUser, db: DbSession, backends: BackendsDep
+    body: ProfileUpdate, user: CurrentUser, db: DbSession, backends: BackendsDep
 ) -> UserOut:
     return users.to_out(await users.update(db, backends, user, body))
 
@@ -88,9 +93,11 @@ async def update_me(
     "/me/password",
     operation_id="users-me-password-change",
     summary="Change my password",
-    description="Needs the current password. Every other session is ended.",
+    description="Needs the current password (400 `wrong_password` if wrong; wrong guesses are "
+    "rate limited per account). The new one must not be a common password. Every other session "
+    "is ended.",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(400, 401, 413, 422),
+    responses=problem_responses(400, 401, 413, 422, 429),
 )
 async def change_password(
     body: PasswordChange,
@@ -149,9 +156,10 @@ async def end_session(
     operation_id="users-verify-email",
     summary="Verify my e-mail address",
     description="Spend the token from the verification e-mail's link "
-    "(`{PUBLIC_URL}/verify-email?token=...`). Single use; it expires.",
+    "(`{PUBLIC_URL}/verify-email?token=...`). Single use; it expires. A link sent to a pending "
+    "new address makes it the account's `email`; 409 if another account has it by then.",
     response_model=UserOut,
-    responses=problem_responses(400, 413, 422),
+    responses=problem_responses(400, 409, 413, 422),
 )
 async def verify_email(body: TokenBody, db: DbSession) -> UserOut:
     return users.to_out(await emails.verify(db, body.token))
@@ -161,7 +169,8 @@ async def verify_email(body: TokenBody, db: DbSession) -> UserOut:
     "/me/verify/resend",
     operation_id="users-me-verify-resend",
     summary="Send the verification e-mail again",
-    description="Rate limited. Does nothing for an address already verified.",
+    description="Rate limited per account. Sends the link for a pending new address if there "
+    "is one, else for the current address; does nothing for an address already verified.",
     status_code=status.HTTP_202_ACCEPTED,
     responses=problem_responses(401, 429),
 )

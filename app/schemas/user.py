@@ -2,10 +2,19 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
+from app import password_policy
 from app.schemas.common import PatchModel, RequestModel
 from app.schemas.token import TokenPair
 
@@ -16,13 +25,29 @@ def _lower(value: str) -> str:
     return value.lower()
 
 
+def _not_common(value: str) -> str:
+    if password_policy.is_common(value):
+        raise ValueError(password_policy.TOO_COMMON)
+    return value
+
+
 Email = Annotated[EmailStr, Field(max_length=254), AfterValidator(_lower)]
 Username = Annotated[
     str,
     StringConstraints(pattern=USERNAME_PATTERN),
     Field(description="3-32 characters: a-z, 0-9, `_`", examples=["alice"]),
 ]
-Password = Annotated[str, Field(min_length=8, max_length=128)]
+Password = Annotated[
+    str,
+    Field(
+        min_length=password_policy.MIN_LENGTH,
+        max_length=password_policy.MAX_LENGTH,
+        description="8-128 characters, not one of the most common passwords",
+    ),
+    AfterValidator(_not_common),
+]
+# The password the caller has now: only its length is checked, never the policy.
+CurrentPassword = Annotated[str, Field(min_length=1, max_length=password_policy.MAX_LENGTH)]
 FullName = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)]
 Bio = Annotated[str, Field(max_length=2000)]
 
@@ -59,6 +84,29 @@ class UserUpdate(PatchModel):
     email: Email | None = None
 
 
+class ProfileUpdate(UserUpdate):
+    """One's own profile; a new `email` needs the current password in the same body."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"email": "alice@example.org", "current_password": "correct horse battery"}
+        }
+    )
+
+    current_password: CurrentPassword | None = Field(
+        default=None, description="Required with `email`"
+    )
+
+    @model_validator(mode="after")
+    def _password_with_email(self) -> ProfileUpdate:
+        if self.email is not None and self.current_password is None:
+            raise ValueError("current_password is required to change the e-mail address")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True, exclude={"current_password"})
+
+
 class AdminUserUpdate(UserUpdate):
     model_config = ConfigDict(json_schema_extra={"example": {"role": "admin", "is_active": True}})
 
@@ -77,7 +125,7 @@ class PasswordChange(RequestModel):
         }
     )
 
-    current_password: str = Field(min_length=1, max_length=128)
+    current_password: CurrentPassword
     new_password: Password
 
 
@@ -90,7 +138,10 @@ class UserPublic(BaseModel):
 
 
 class UserOut(UserPublic):
-    email: str
+    email: str = Field(description="The verified (or registration) address; resets go here")
+    pending_email: str | None = Field(
+        description="A new address waiting for its verification link, or null"
+    )
     role: Literal["user", "admin"]
     is_active: bool
     is_verified: bool

@@ -8,11 +8,12 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.database.types import utcnow
-from app.errors import AppError
+from app.errors import AppError, EmailTaken
 from app.models import EmailToken, TokenPurpose, User
 from app.security import fingerprint
 from app.services import auth, tasks
@@ -61,17 +62,80 @@ async def resend_verification(
     answer (`limit_verification_resend` came before), which is the same either way."""
     async with sessions() as db:
         user = await db.get(User, user_id)
-        if user is not None and not user.is_verified:
+        if user is None:
+            return
+        if user.pending_email is not None:
+            await _send_pending_verification(db, backends, user)
+        elif not user.is_verified:
             await send_verification(db, backends, user)
 
 
+async def send_email_change(db: AsyncSession, backends: Backends, user: User) -> None:
+    """Tell the current address that a change to `pending_email` was asked for, and send the
+    pending address its link."""
+    assert user.pending_email is not None
+    await _queue(
+        db,
+        backends.runner,
+        user,
+        template="email_change_notice",
+        subject="Your e-mail address is being changed",
+        values={"new_email": user.pending_email},
+    )
+    await _send_pending_verification(db, backends, user)
+
+
+async def _send_pending_verification(db: AsyncSession, backends: Backends, user: User) -> None:
+    """The link for the pending address; if another account has that address, its owner gets a
+    notice instead. The caller's answer is the same either way: no oracle of who has an
+    account, and no link that could only fail."""
+    settings, pending = backends.settings, user.pending_email
+    assert pending is not None
+    owner = await db.scalar(select(User).where(User.email == pending))
+    if owner is not None:
+        await _queue(
+            db,
+            backends.runner,
+            owner,
+            template="email_in_use",
+            subject="Someone tried to use your e-mail address",
+            values={},
+        )
+        return
+    hours = settings.email_verify_token_hours
+    token = await _new_token(
+        db, user, TokenPurpose.VERIFY_EMAIL, timedelta(hours=hours), email=pending
+    )
+    await _queue(
+        db,
+        backends.runner,
+        user,
+        template="verify_email_change",
+        subject="Confirm your new e-mail address",
+        values={"link": _link(settings, "verify-email", token), "hours": str(hours)},
+        to=pending,
+    )
+
+
 async def verify(db: AsyncSession, token: str) -> User:
+    """Verify the current address, or make the pending one current (409 if another account got
+    it meanwhile; the link then stays usable)."""
     row = await _use_token(db, token, TokenPurpose.VERIFY_EMAIL)
     user = await db.get(User, row.user_id)
-    if user is None or user.email != row.email:
+    if user is None:
+        raise EmailTokenInvalid
+    if user.pending_email is not None and row.email == user.pending_email:
+        if await db.scalar(select(User.id).where(User.email == row.email)):
+            raise EmailTaken
+        user.email, user.pending_email = row.email, None
+    elif user.email != row.email:
         raise EmailTokenInvalid  # the address changed since the link was sent
     user.is_verified = True
-    await db.commit()
+    try:
+        await db.commit()
+    except IntegrityError:  # another account took the address a moment ago
+        await db.rollback()
+        raise EmailTaken from None
     return user
 
 
@@ -128,7 +192,12 @@ async def reset_password(
 
 
 async def _new_token(
-    db: AsyncSession, user: User, purpose: TokenPurpose, lifetime: timedelta
+    db: AsyncSession,
+    user: User,
+    purpose: TokenPurpose,
+    lifetime: timedelta,
+    *,
+    email: str | None = None,
 ) -> str:
     token = secrets.token_urlsafe(32)
     db.add(
@@ -136,7 +205,7 @@ async def _new_token(
             user_id=user.id,
             purpose=purpose,
             token_hash=fingerprint(token),
-            email=user.email,
+            email=email or user.email,
             expires_at=utcnow() + lifetime,
         )
     )
@@ -169,6 +238,8 @@ async def _queue(
     template: str,
     subject: str,
     values: dict[str, str],
+    *,
+    to: str | None = None,
 ) -> str:
     task = tasks.new(db, SEND_EMAIL, user.id)
     await db.commit()
@@ -176,7 +247,7 @@ async def _queue(
         SEND_EMAIL,
         task.id,
         template=template,
-        to=user.email,
+        to=to or user.email,
         subject=subject,
         values={"username": user.username, **values},
     )

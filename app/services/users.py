@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import enum
 import uuid
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import password_policy
 from app.errors import (
+    AdminSetupRefused,
     EmailTaken,
     InactiveUser,
     LastAdmin,
@@ -24,11 +28,13 @@ from app.schemas.common import Page, PageQuery
 from app.schemas.token import TokenPair
 from app.schemas.user import (
     AdminUserUpdate,
+    Email,
     PasswordChange,
+    ProfileUpdate,
     UserCreate,
+    Username,
     UserOut,
     UserPublic,
-    UserUpdate,
 )
 from app.services import auth, emails, images
 from app.services.backends import Backends
@@ -41,6 +47,7 @@ def to_out(user: User) -> UserOut:
     return UserOut(
         id=user.id,
         email=user.email,
+        pending_email=user.pending_email,
         username=user.username,
         full_name=user.full_name,
         bio=user.bio,
@@ -87,25 +94,87 @@ async def register(
     return user, tokens
 
 
+class AdminOutcome(enum.StrEnum):
+    CREATED = "created"
+    PROMOTED = "promoted"
+    UNCHANGED = "unchanged"  # already an active administrator: nothing was touched
+
+
+_EMAIL: TypeAdapter[str] = TypeAdapter(Email)
+_USERNAME: TypeAdapter[str] = TypeAdapter(Username)
+
+
 async def create_admin(
-    db: AsyncSession, security: Security, email: str, username: str, password: str
-) -> User:
-    """Create an administrator, or promote the existing account with that e-mail address."""
-    user = await db.scalar(select(User).where(User.email == email.lower()))
-    if user is None:
+    db: AsyncSession,
+    security: Security,
+    *,
+    email: str,
+    username: str,
+    password: str | None,
+    promote_existing: bool = False,
+) -> tuple[User, AdminOutcome]:
+    """Create an administrator, never handing administration to an account someone else may
+    control: anyone can register (or, before it is verified, ask for) an address. An existing
+    account is promoted only when asked (`promote_existing`) and only if its address is
+    verified; an existing active administrator is left exactly as it is."""
+    try:
+        email = _EMAIL.validate_python(email)
+    except ValidationError:
+        raise AdminSetupRefused(f"{email!r} is not an e-mail address") from None
+    user = await db.scalar(select(User).where(User.email == email))
+    if user is not None:
+        return user, await _promote(db, user, promote_existing=promote_existing)
+    if password is None:
+        raise AdminSetupRefused("a new administrator account needs a password")
+    try:
+        password_policy.check(password)
+    except password_policy.WeakPassword as exc:
+        raise AdminSetupRefused(f"the password is refused: {exc}") from None
+    try:
+        username = _USERNAME.validate_python(username)
+    except ValidationError:
+        raise AdminSetupRefused(
+            f"{username!r} is not a username: 3-32 characters of a-z, 0-9 and _"
+        ) from None
+    try:
         await _ensure_unique(db, username=username)
-        user = User(
-            email=email.lower(),
-            username=username,
-            password_hash=await security.passwords.hash(password),
-            is_verified=True,
+    except UsernameTaken:
+        raise AdminSetupRefused(
+            f"the username {username!r} is taken by another account; choose another one"
+        ) from None
+    await db.commit()  # hand the connection back while the password hashes
+    user = User(
+        email=email,
+        username=username,
+        password_hash=await security.passwords.hash(password),
+        role=Role.ADMIN,
+        is_verified=True,
+    )
+    db.add(user)
+    await _flush_unique(db, email=email, username=username)
+    await db.commit()
+    return user, AdminOutcome.CREATED
+
+
+async def _promote(db: AsyncSession, user: User, *, promote_existing: bool) -> AdminOutcome:
+    if user.is_admin and user.is_active:
+        return AdminOutcome.UNCHANGED
+    if not promote_existing:
+        raise AdminSetupRefused(
+            f"an account with this address already exists (username {user.username!r}) and "
+            "is not an administrator; anyone could have registered it, so it was not promoted "
+            "and nothing changed. If that account is yours, promote it explicitly "
+            "(`create-admin --promote-existing`); otherwise use another address."
         )
-        db.add(user)
+    if not user.is_verified:
+        raise AdminSetupRefused(
+            f"the account {user.username!r} has not verified its e-mail address, so nothing "
+            "shows that it is yours: nothing changed. Verify the address first."
+        )
     user.role = Role.ADMIN
     user.is_active = True
-    await _flush_unique(db, email=email.lower(), username=username)
     await db.commit()
-    return user
+    return AdminOutcome.PROMOTED
 
 
 async def get_signed_in(db: AsyncSession, user_id: int) -> User:
@@ -125,13 +194,39 @@ async def get(db: AsyncSession, user_id: int) -> User:
     return user
 
 
-async def update(db: AsyncSession, backends: Backends, user: User, changes: UserUpdate) -> User:
-    """Change one's own profile; a new e-mail address gets a verification e-mail."""
-    old_email = user.email
-    await _apply(db, backends.stores, user, changes.changes())
-    if user.email != old_email:
-        await emails.send_verification(db, backends, user)
+async def update(db: AsyncSession, backends: Backends, user: User, changes: ProfileUpdate) -> User:
+    """Change one's own profile. A new e-mail address needs the current password, and only
+    waits as `pending_email` until the link sent to it is used (`emails.verify`): a stolen
+    access token alone cannot move the account, or its password resets, to another mailbox."""
+    values = changes.changes()
+    new_email = values.pop("email", None)
+    if new_email is not None:
+        assert changes.current_password is not None, "the schema requires it with an e-mail"
+        await _check_current_password(
+            db, backends.security, backends.stores, user, changes.current_password
+        )
+    if values:
+        await _apply(db, backends.stores, user, values)
+    if new_email is not None:
+        await _request_email_change(db, backends, user, new_email)
     return user
+
+
+async def _request_email_change(
+    db: AsyncSession, backends: Backends, user: User, new_email: str
+) -> None:
+    limiter = backends.stores.limiter
+    await limiter.hit(limiter.email_change, f"user:{user.id}")
+    if new_email == user.email:  # back to the current address: drop what was pending
+        if user.pending_email is not None:
+            user.pending_email = None
+            await db.commit()
+        return
+    # Whether another account has the address is not told here (that would make this route an
+    # oracle of who has an account): emails.verify refuses it when the link is used.
+    user.pending_email = new_email
+    await db.commit()
+    await emails.send_email_change(db, backends, user)
 
 
 async def change_password(
@@ -143,15 +238,26 @@ async def change_password(
     data: PasswordChange,
 ) -> None:
     """Set a new password; every session but the caller's ends."""
-    current_hash = user.password_hash
-    await db.commit()
-    if not await security.passwords.verify(current_hash, data.current_password):
-        raise WrongPassword
+    await _check_current_password(db, security, stores, user, data.current_password)
     user.password_hash = await security.passwords.hash(data.new_password)
     db.add(user)
     await auth.end_sessions(db, user.id, keep=session_id)
     await db.commit()
     await stores.sessions.user_changed(user.id)
+
+
+async def _check_current_password(
+    db: AsyncSession, security: Security, stores: Stores, user: User, password: str
+) -> None:
+    """`WrongPassword`, and wrong guesses counted per account: whoever holds a stolen access
+    token gets a handful of tries, not a dictionary."""
+    limiter, key = stores.limiter, f"user:{user.id}"
+    await limiter.check(limiter.sensitive_account, key)
+    current_hash = user.password_hash
+    await db.commit()  # hand the connection back while the hash is checked
+    if not await security.passwords.verify(current_hash, password):
+        await limiter.hit(limiter.sensitive_account, key)
+        raise WrongPassword
 
 
 async def delete(db: AsyncSession, backends: Backends, user: User) -> None:

@@ -102,6 +102,16 @@ class RateLimiter:
             parse(settings.rate_limit_verify_resend),
             "Too many verification e-mails requested for this account",
         )
+        self.email_change = Limit(
+            "email-change",
+            parse(settings.rate_limit_email_change),
+            "Too many e-mail address changes for this account",
+        )
+        self.sensitive_account = Limit(
+            "sensitive-account",
+            parse(settings.rate_limit_sensitive_account),
+            "Too many wrong current passwords for this account",
+        )
         self._link = link
         self._memory = MovingWindowRateLimiter(MemoryStorage())
         self._shared: MovingWindowRateLimiter | None = None

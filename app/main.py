@@ -32,6 +32,7 @@ from app.services.security import Security
 from app.stores import Stores
 from app.tasks.context import JobContext
 from app.tasks.jobs import PROCESS_IMAGE, pending_images
+from app.tasks.outbox import Outbox
 from app.tasks.runner import InProcessRunner, TaskRunner, build_runner
 
 logger = logging.getLogger(__name__)
@@ -66,10 +67,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     media = LocalMedia(settings)
     jobs = JobContext(settings, app.state.session_factory, stores, media, build_mailer(settings))
     runner = build_runner(settings, jobs)
+    # The outbox relay polls on a connection of its own, apart from the requests' pool.
+    relay_engine = create_engine(settings.model_copy(update={"db_pool_size": 1}))
+    outbox = Outbox(
+        settings, runner, app.state.session_factory, create_session_factory(relay_engine)
+    )
     app.state.backends = Backends(
-        settings, stores, media, runner, app.state.security, app.state.read_session_factory
+        settings,
+        stores,
+        media,
+        runner,
+        app.state.security,
+        app.state.read_session_factory,
+        outbox=outbox,
     )
     await _requeue_pending_images(jobs, runner)
+    outbox.start()
     if settings.first_admin_email and settings.first_admin_password:
         async with app.state.session_factory() as db:
             await user_service.create_admin(
@@ -82,8 +95,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await outbox.close()
         await runner.drain()
         await stores.close()
+        await relay_engine.dispose()
         await engine.dispose()
 
 

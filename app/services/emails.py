@@ -20,7 +20,7 @@ from app.services.backends import Backends
 from app.services.security import Client, Security
 from app.stores import Stores
 from app.tasks.jobs import SEND_EMAIL
-from app.tasks.runner import TaskRunner
+from app.tasks.outbox import Outbox
 
 
 class EmailTokenInvalid(AppError):
@@ -38,7 +38,7 @@ async def send_verification(db: AsyncSession, backends: Backends, user: User) ->
     )
     return await _queue(
         db,
-        backends.runner,
+        backends.outbox,
         user,
         template="verify_email",
         subject="Confirm your e-mail address",
@@ -79,7 +79,7 @@ async def request_password_reset(
     token = await _new_token(db, user, TokenPurpose.RESET_PASSWORD, timedelta(minutes=minutes))
     await _queue(
         db,
-        backends.runner,
+        backends.outbox,
         user,
         template="reset_password",
         subject="Reset your password",
@@ -149,22 +149,24 @@ async def _use_token(db: AsyncSession, token: str, purpose: TokenPurpose) -> Ema
 
 async def _queue(
     db: AsyncSession,
-    runner: TaskRunner,
+    outbox: Outbox,
     user: User,
     template: str,
     subject: str,
     values: dict[str, str],
 ) -> str:
     task = tasks.new(db, SEND_EMAIL, user.id)
-    await db.commit()
-    await runner.enqueue(
+    job = outbox.record(
+        db,
+        task,
         SEND_EMAIL,
-        task.id,
         template=template,
         to=user.email,
         subject=subject,
         values={"username": user.username, **values},
     )
+    await db.commit()  # the message is recorded with the change it is about
+    await outbox.dispatch(job)
     return task.id
 
 

@@ -106,6 +106,8 @@ async def process_image(ctx: JobContext, task_id: str, image_id: int) -> dict[st
 def _rejected(exc: ImageRejected) -> Failure:
     if isinstance(exc.__cause__, PilImage.DecompressionBombError):
         return Failure.TOO_MANY_PIXELS
+    if isinstance(exc.__cause__, FileNotFoundError):
+        return Failure.UPLOAD_MISSING
     return Failure.NOT_AN_IMAGE
 
 

@@ -177,6 +177,9 @@ async def test_a_job_the_runner_did_not_take_is_sent_by_the_relay(
         assert row.sent_at is None
         assert row.name == jobs.SEND_EMAIL
         assert row.request_id  # the relay's send still names the request that queued it
+        # The job carries a single-use link: stored sealed, as the database keeps only hashes.
+        assert "verify-email" not in str(row.args)
+        assert account.email not in str(row.args)
 
         async def tried_again() -> bool:
             return down.refused >= 3

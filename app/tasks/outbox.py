@@ -8,17 +8,25 @@ answers. Several relays share the work without sending a job twice at the same t
 the jobs it sends (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has one writer at a time) by
 moving their next attempt past the time a send takes. A job may still reach the broker twice (a
 send that succeeded but could not be marked): the jobs are idempotent, keyed by their task id.
+
+A job's arguments are stored encrypted (Fernet, with a key derived from the signing secret):
+e-mail jobs carry single-use links, and the database keeps only hashes of those.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import time
 from datetime import timedelta
 from typing import Any
 
 import anyio
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -39,6 +47,13 @@ KEEP_SENT = timedelta(days=7)
 PRUNE_EVERY_SECONDS = 3600.0
 
 
+def _sealing_key(settings: Settings) -> Fernet:
+    key = HKDF(algorithm=SHA256(), length=32, salt=None, info=b"inkwell outbox").derive(
+        settings.jwt_signing_key().encode()
+    )
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
 class Outbox:
     def __init__(
         self,
@@ -48,6 +63,7 @@ class Outbox:
         relay_sessions: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self._runner = runner
+        self._fernet = _sealing_key(settings)
         self._sessions = sessions
         # The relay's own connection: its polling never mixes with the requests' statements.
         self._relay_sessions = relay_sessions or sessions
@@ -68,7 +84,7 @@ class Outbox:
         job = OutboxJob(
             task=task,
             name=name,
-            args=args,
+            args={"sealed": self._fernet.encrypt(json.dumps(args).encode()).decode()},
             request_id=current_request_id(),
             next_attempt_at=utcnow() + grace,
         )
@@ -80,7 +96,7 @@ class Outbox:
         a job not sent now is sent by the relay."""
         if time.monotonic() < self._broker_down_until:
             return  # a send failed moments ago: no request waits for the broker meanwhile
-        job = Job(row.id, row.name, row.task_id, dict(row.args), row.request_id)
+        job = Job(row.id, row.name, row.task_id, self._open(row.args), row.request_id)
         if not await self._send(job):
             return
         try:
@@ -168,7 +184,20 @@ class Outbox:
             claimed = sorted(rows.all())
             await db.commit()
         self._attempts = {row.id: row.attempts for row in claimed}
-        return [Job(r.id, r.name, r.task_id, dict(r.args), r.request_id) for r in claimed]
+        jobs, unreadable = [], []
+        for r in claimed:
+            try:
+                jobs.append(Job(r.id, r.name, r.task_id, self._open(r.args), r.request_id))
+            except InvalidToken:
+                unreadable.append(r.id)
+        if unreadable:  # sealed with another secret: no relay can ever send them
+            logger.error("outbox jobs sealed with another key dropped", extra={"ids": unreadable})
+            await self._mark_sent(self._relay_sessions, unreadable)
+        return jobs
+
+    def _open(self, args: dict[str, Any]) -> dict[str, Any]:
+        opened: dict[str, Any] = json.loads(self._fernet.decrypt(args["sealed"]))
+        return opened
 
     async def _postpone(self, jobs: list[Job]) -> None:
         attempts = min(self._attempts.get(job.id, 1) for job in jobs)

@@ -68,7 +68,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     jobs = JobContext(settings, app.state.session_factory, stores, media, build_mailer(settings))
     runner = build_runner(settings, jobs)
     # The outbox relay polls on a connection of its own, apart from the requests' pool.
-    relay_engine = create_engine(settings.model_copy(update={"db_pool_size": 1}))
+    relay_settings = settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
+    relay_engine = create_engine(relay_settings)
     outbox = Outbox(
         settings, runner, app.state.session_factory, create_session_factory(relay_engine)
     )

@@ -68,8 +68,13 @@ async def process_image(ctx: JobContext, task_id: str, image_id: int) -> dict[st
     of coming back for ever."""
     async with ctx.session_factory() as db:
         image = await db.get(Image, image_id)
-        if image is None or image.status != ImageStatus.PENDING:
-            return {"image_id": image_id, "status": image.status if image else "deleted"}
+        if image is not None and image.status != ImageStatus.PENDING:
+            return {"image_id": image_id, "status": image.status}
+    if image is None:  # deleted before its job ran: the task says so
+        result = {"image_id": image_id, "status": "deleted"}
+        await record_state(ctx, task_id, TaskState.SUCCESS, result)
+        return result
+    async with ctx.session_factory() as db:
         attempts = await db.scalar(
             update(Image)
             .where(Image.id == image_id, Image.status == ImageStatus.PENDING)

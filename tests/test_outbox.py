@@ -10,7 +10,7 @@ import io
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,18 @@ def session_worker(celery_worker: CeleryWorker | None) -> Iterator[CeleryWorker 
 
 
 @pytest.fixture
+async def main_relay_paused(app: FastAPI) -> AsyncIterator[None]:
+    """The run's app does not relay during the test: the jobs stay with the relays under test
+    (every API process relays the jobs of all of them)."""
+    outbox: Outbox = app.state.backends.outbox
+    await outbox.close()
+    try:
+        yield
+    finally:
+        outbox.start()
+
+
+@pytest.fixture
 def no_jobs_run(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
     """Jobs recorded by the API are not run: the test runs them itself."""
 
@@ -165,7 +177,10 @@ def no_jobs_run(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_a_job_the_runner_did_not_take_is_sent_by_the_relay(
-    client: httpx.AsyncClient, settings: Settings, smtp_server: SmtpServer
+    client: httpx.AsyncClient,
+    settings: Settings,
+    smtp_server: SmtpServer,
+    main_relay_paused: None,
 ) -> None:
     async with running_app(settings_like(settings, **QUICK_RELAY)) as (other, api):
         down = LostJobs(other.state.backends.runner)
@@ -199,7 +214,9 @@ async def test_a_job_the_runner_did_not_take_is_sent_by_the_relay(
     assert len(smtp_server.wait_for(account.email, timeout=0)) == 1
 
 
-async def test_two_relays_send_each_job_once(app: FastAPI, settings: Settings) -> None:
+async def test_two_relays_send_each_job_once(
+    app: FastAPI, settings: Settings, main_relay_paused: None
+) -> None:
     session: AsyncSession
     recorders = [Recorder(), Recorder()]
     engines = [create_engine(settings), create_engine(settings)]
@@ -276,6 +293,7 @@ async def test_an_api_started_without_its_broker_sends_its_jobs_when_the_broker_
     settings: Settings,
     smtp_server: SmtpServer,
     tmp_path: Path,
+    main_relay_paused: None,
 ) -> None:
     late = RedisServer()  # its port stays closed until start()
     worker = CeleryWorker(

@@ -109,6 +109,17 @@ class Settings(BaseSettings):
     # Images stuck in `pending` longer than this are queued again by the sweep.
     image_stuck_after_seconds: int = Field(default=600, ge=1)
     task_max_attempts: int = Field(default=3, ge=1)
+    # A job still running after the soft limit is stopped and recorded as failed; the worker
+    # process of a job still running after the hard limit is killed and replaced.
+    task_soft_time_limit_seconds: int = Field(default=120, ge=1)
+    task_time_limit_seconds: int = Field(default=150, ge=1)
+    # How long a request waits for the broker to take a job: past it, the job (already stored
+    # with the request's data) is sent by the outbox relay once the broker answers.
+    celery_publish_timeout_seconds: float = Field(default=1.0, gt=0)
+    # How often the outbox relay looks for jobs not sent yet, and the longest it waits between
+    # two tries of one job (the wait doubles from one second, with jitter).
+    outbox_relay_interval_seconds: float = Field(default=2.0, gt=0)
+    outbox_retry_max_seconds: float = Field(default=60.0, ge=1)
 
     # E-mail: SMTP when SMTP_HOST is set, `.eml` files under DATA_DIR/outbox otherwise.
     smtp_host: str | None = None
@@ -198,6 +209,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"MEDIA_SIGNING_KEY needs at least {MIN_SECRET_BYTES} random bytes; "
                 "leave it unset to derive it from the JWT key"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_time_limits(self) -> Settings:
+        if self.task_time_limit_seconds <= self.task_soft_time_limit_seconds:
+            raise ValueError(
+                "TASK_TIME_LIMIT_SECONDS must be over TASK_SOFT_TIME_LIMIT_SECONDS, so that a job "
+                "stopped at its soft limit can record its failure"
             )
         return self
 

@@ -44,6 +44,7 @@ from app.services.security import Security
 from app.stores import Stores
 from app.tasks.context import JobContext
 from app.tasks.jobs import PROCESS_IMAGE, pending_images
+from app.tasks.outbox import Outbox
 from app.tasks.runner import InProcessRunner, TaskRunner, build_runner
 
 logger = logging.getLogger(__name__)
@@ -78,17 +79,32 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     media = LocalMedia(settings)
     jobs = JobContext(settings, app.state.session_factory, stores, media, build_mailer(settings))
     runner = build_runner(settings, jobs)
+    # The outbox relay polls on a connection of its own, apart from the requests' pool.
+    relay_settings = settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
+    relay_engine = create_engine(relay_settings)
+    outbox = Outbox(
+        settings, runner, app.state.session_factory, create_session_factory(relay_engine)
+    )
     app.state.backends = Backends(
-        settings, stores, media, runner, app.state.security, app.state.read_session_factory
+        settings,
+        stores,
+        media,
+        runner,
+        app.state.security,
+        app.state.read_session_factory,
+        outbox=outbox,
     )
     await _requeue_pending_images(jobs, runner)
+    outbox.start()
     password_policy.common_passwords()  # read the list now, not in the first request
     await _create_first_admin(settings, app.state.session_factory, app.state.security)
     try:
         yield
     finally:
+        await outbox.close()
         await runner.drain()
         await stores.close()
+        await relay_engine.dispose()
         await engine.dispose()
 
 

@@ -952,7 +952,7 @@ async def test_images_left_pending_by_a_dead_process_are_processed_at_the_next_s
     async def lost(*_: object, **__: object) -> None:  # the process died before the job ran
         return None
 
-    monkeypatch.setattr(app.state.backends.runner, "enqueue", lost)
+    monkeypatch.setattr(app.state.backends.runner, "send", lost)
     response = await images.upload(client, post["id"], images.jpeg(), author.headers)
     assert response.status_code == 202, response.text
     image_id = response.json()["id"]

@@ -24,7 +24,7 @@ from tests.conftest import (
 )
 
 INITIAL_TABLES = {"user", "auth_session", "post", "tag", "post_tag", "post_like"}
-EXPECTED_TABLES = INITIAL_TABLES | {"image", "task", "email_token"}
+EXPECTED_TABLES = INITIAL_TABLES | {"image", "task", "email_token", "outbox"}
 
 
 @pytest.fixture
@@ -60,8 +60,10 @@ async def test_upgrade_downgrade_upgrade_round_trip(scratch: Settings) -> None:
 
     await asyncio.to_thread(command.upgrade, config, "head")
     await asyncio.to_thread(command.downgrade, config, "-1")
-    assert "pending_email" not in await _user_columns(scratch)
+    assert "outbox" not in await _tables(scratch)
     await asyncio.to_thread(command.downgrade, config, "-1")
+    assert "pending_email" not in await _user_columns(scratch)
+    await asyncio.to_thread(command.downgrade, config, "0002_images_tasks_email_tokens")
     assert "ix_task_name_state" not in await _task_indexes(scratch)
     await asyncio.to_thread(command.downgrade, config, "0001_initial_schema")
     assert await _tables(scratch) == INITIAL_TABLES

@@ -8,14 +8,16 @@ from app.config import Settings
 from app.media import LocalMedia
 from app.services.security import Security
 from app.stores import Stores
+from app.tasks.outbox import Outbox
 from app.tasks.runner import TaskRunner
 
 
 @dataclass(frozen=True, slots=True)
 class Backends:
     """What services may need beside the request's database session, built once at start-up:
-    the stores (cache, sessions, limits), media storage, the task runner, the password and token
-    primitives, and autocommit sessions for reads that may not touch the database at all."""
+    the stores (cache, sessions, limits), media storage, the task runner and the outbox that
+    feeds it, the password and token primitives, and autocommit sessions for reads that may not
+    touch the database at all."""
 
     settings: Settings
     stores: Stores
@@ -23,3 +25,4 @@ class Backends:
     runner: TaskRunner
     security: Security
     read_sessions: async_sessionmaker[AsyncSession]
+    outbox: Outbox

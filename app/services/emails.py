@@ -21,7 +21,7 @@ from app.services.backends import Backends
 from app.services.security import Client, Security
 from app.stores import Stores
 from app.tasks.jobs import SEND_EMAIL
-from app.tasks.runner import TaskRunner
+from app.tasks.outbox import Outbox
 
 
 class EmailTokenInvalid(AppError):
@@ -39,7 +39,7 @@ async def send_verification(db: AsyncSession, backends: Backends, user: User) ->
     )
     return await _queue(
         db,
-        backends.runner,
+        backends.outbox,
         user,
         template="verify_email",
         subject="Confirm your e-mail address",
@@ -76,7 +76,7 @@ async def send_email_change(db: AsyncSession, backends: Backends, user: User) ->
     assert user.pending_email is not None
     await _queue(
         db,
-        backends.runner,
+        backends.outbox,
         user,
         template="email_change_notice",
         subject="Your e-mail address is being changed",
@@ -95,7 +95,7 @@ async def _send_pending_verification(db: AsyncSession, backends: Backends, user:
     if owner is not None:
         await _queue(
             db,
-            backends.runner,
+            backends.outbox,
             owner,
             template="email_in_use",
             subject="Someone tried to use your e-mail address",
@@ -108,7 +108,7 @@ async def _send_pending_verification(db: AsyncSession, backends: Backends, user:
     )
     await _queue(
         db,
-        backends.runner,
+        backends.outbox,
         user,
         template="verify_email_change",
         subject="Confirm your new e-mail address",
@@ -158,7 +158,7 @@ async def request_password_reset(
         token = await _new_token(db, user, TokenPurpose.RESET_PASSWORD, timedelta(minutes=minutes))
         await _queue(
             db,
-            backends.runner,
+            backends.outbox,
             user,
             template="reset_password",
             subject="Reset your password",
@@ -233,7 +233,7 @@ async def _use_token(db: AsyncSession, token: str, purpose: TokenPurpose) -> Ema
 
 async def _queue(
     db: AsyncSession,
-    runner: TaskRunner,
+    outbox: Outbox,
     user: User,
     template: str,
     subject: str,
@@ -242,15 +242,17 @@ async def _queue(
     to: str | None = None,
 ) -> str:
     task = tasks.new(db, SEND_EMAIL, user.id)
-    await db.commit()
-    await runner.enqueue(
+    job = outbox.record(
+        db,
+        task,
         SEND_EMAIL,
-        task.id,
         template=template,
         to=to or user.email,
         subject=subject,
         values={"username": user.username, **values},
     )
+    await db.commit()  # the message is recorded with the change it is about
+    await outbox.dispatch(job)
     return task.id
 
 

@@ -127,9 +127,11 @@ async def upload(
         task_id=task.id,
     )
     db.add(image)
-    await db.commit()
+    await db.flush()  # the image's id, for its job
+    job = backends.outbox.record(db, task, PROCESS_IMAGE, image_id=image.id)
+    await db.commit()  # the image and its job together: a broker that is down loses nothing
+    await backends.outbox.dispatch(job)
     await backends.stores.cache.bump(*post_generations(post.id))
-    await backends.runner.enqueue(PROCESS_IMAGE, task.id, image_id=image.id)
     return to_out(image, media, public=post.published)
 
 

@@ -2,7 +2,8 @@
 
 Tasks are acknowledged late and rejected when their worker dies, so a worker killed mid-task
 loses nothing: the broker delivers the task again (RabbitMQ at once; the Redis broker after
-CELERY_VISIBILITY_TIMEOUT_SECONDS). The jobs are idempotent and count their attempts.
+CELERY_VISIBILITY_TIMEOUT_SECONDS). The jobs are idempotent (keyed by their task id) and count
+their attempts. Each has a soft and a hard time limit, and retries wait with jitter.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_postrun, task_prerun, worker_process_shutdown, worker_ready
 
 from app.config import get_settings
@@ -24,7 +26,7 @@ from app.models import TaskState
 from app.tasks import jobs
 from app.tasks.celery_config import create_celery
 from app.tasks.context import JobContext
-from app.tasks.runner import EMAIL_MAX_RETRIES, REQUEST_ID_HEADER, retry_delay
+from app.tasks.runner import EMAIL_MAX_RETRIES, REQUEST_ID_HEADER, retry_delay, with_jitter
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,9 +99,22 @@ def _task_finished(task: Task[Any, Any], task_id: str, state: str | None = None,
     request_context.set(None)
 
 
+def _stopped_at_soft_limit(name: str, task_id: str, kwargs: dict[str, Any]) -> None:
+    """The job was interrupted wherever it was (its event loop included): leave that loop and
+    its connections behind, and record the failure with fresh ones."""
+    global _loop, _ctx
+    logger.error("task over its time limit", extra={"task": name, "task_id": task_id})
+    _loop, _ctx = None, None
+    _run(lambda ctx: jobs.give_up(ctx, name, task_id, kwargs))
+
+
 @celery_app.task(name="inkwell.process_image", bind=True)
 def process_image(self: Task[Any, Any], /, task_id: str, image_id: int) -> dict[str, Any]:
-    result: dict[str, Any] = _run(lambda ctx: jobs.process_image(ctx, task_id, image_id))
+    try:
+        result: dict[str, Any] = _run(lambda ctx: jobs.process_image(ctx, task_id, image_id))
+    except SoftTimeLimitExceeded:
+        _stopped_at_soft_limit(jobs.PROCESS_IMAGE, task_id, {"image_id": image_id})
+        raise
     return result
 
 
@@ -107,6 +122,12 @@ def process_image(self: Task[Any, Any], /, task_id: str, image_id: int) -> dict[
 def send_email(self: Task[Any, Any], /, task_id: str, **message: Any) -> dict[str, Any]:
     try:
         result: dict[str, Any] = _run(lambda ctx: jobs.send_email(ctx, task_id, **message))
+    except jobs.JobBusy as exc:  # a copy of this task is being sent: look again when it is done
+        countdown = with_jitter(settings.task_time_limit_seconds)
+        raise self.retry(exc=exc, countdown=countdown, max_retries=None) from exc
+    except SoftTimeLimitExceeded:
+        _stopped_at_soft_limit(jobs.SEND_EMAIL, task_id, message)
+        raise
     except Exception as exc:  # SMTP down, or anything else: a message is worth another try
         retries = self.request.retries
         state = TaskState.RETRY if retries < EMAIL_MAX_RETRIES else TaskState.FAILURE
@@ -114,7 +135,8 @@ def send_email(self: Task[Any, Any], /, task_id: str, **message: Any) -> dict[st
         _run(lambda ctx: jobs.record_state(ctx, task_id, state, error))
         if state is TaskState.FAILURE:
             raise
-        raise self.retry(exc=exc, countdown=retry_delay(retries)) from exc
+        countdown = with_jitter(retry_delay(retries))
+        raise self.retry(exc=exc, countdown=countdown) from exc
     return result
 
 

@@ -19,6 +19,14 @@ def create_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # Bounds on every job: at the soft limit the job is stopped and records its failure;
+        # at the hard limit its worker process is killed and replaced.
+        task_soft_time_limit=settings.task_soft_time_limit_seconds,
+        task_time_limit=settings.task_time_limit_seconds,
+        # A publisher never waits long for a broker that is down: the outbox sends the job
+        # again later (and the worker reconnects on its own).
+        broker_connection_timeout=settings.celery_publish_timeout_seconds,
+        task_publish_retry=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": visibility,

@@ -3,13 +3,16 @@ in-process runner both call these, so the two modes do the same work."""
 
 from __future__ import annotations
 
+import enum
 import logging
 import smtplib
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
-from sqlalchemy import select, update
+from PIL import Image as PilImage
+from sqlalchemy import and_, or_, select, update
 
 from app.database.types import utcnow
 from app.imaging import ImageRejected, probe, process
@@ -28,6 +31,24 @@ class RetryableError(Exception):
     """A failure worth trying again later (an SMTP server that is down)."""
 
 
+class JobBusy(RetryableError):
+    """Another copy of this job (a redelivery, a second send) holds it: try again when its hold
+    ends, without counting an attempt or touching the task."""
+
+
+class Failure(enum.StrEnum):
+    """Why an image failed, as its owner reads it. The details (paths, exceptions) are logged,
+    never stored in the row."""
+
+    NOT_AN_IMAGE = "The file is not a valid image."
+    TOO_MANY_PIXELS = "The image has too many pixels."
+    UPLOAD_MISSING = "The uploaded file is missing. Upload the image again."
+    UNPROCESSABLE = "The image could not be processed."
+
+
+EMAIL_TIMED_OUT = "The e-mail could not be sent in time."
+
+
 async def record_state(
     ctx: JobContext, task_id: str, state: TaskState, result: dict[str, Any] | None = None
 ) -> None:
@@ -41,48 +62,90 @@ async def record_state(
 
 
 async def process_image(ctx: JobContext, task_id: str, image_id: int) -> dict[str, Any]:
-    """Turn an uploaded file into its cleaned original and variants. Idempotent: a ready image
-    is left alone, files are written atomically, and attempts are counted so that an image that
-    keeps killing its worker ends `failed` instead of coming back for ever."""
+    """Turn an uploaded file into its cleaned original and variants. Idempotent: only a pending
+    image is worked on, files are written atomically, a deleted image stays deleted, and
+    attempts are counted so that an image that keeps killing its worker ends `failed` instead
+    of coming back for ever."""
     async with ctx.session_factory() as db:
         image = await db.get(Image, image_id)
-        if image is None:
-            return {"image_id": image_id, "status": "deleted"}
-        if image.status != ImageStatus.PENDING:
+        if image is not None and image.status != ImageStatus.PENDING:
             return {"image_id": image_id, "status": image.status}
-        image.attempts += 1
+    if image is None:  # deleted before its job ran: the task says so
+        result = {"image_id": image_id, "status": "deleted"}
+        await record_state(ctx, task_id, TaskState.SUCCESS, result)
+        return result
+    async with ctx.session_factory() as db:
+        attempts = await db.scalar(
+            update(Image)
+            .where(Image.id == image_id, Image.status == ImageStatus.PENDING)
+            .values(attempts=Image.attempts + 1)
+            .returning(Image.attempts)
+        )
         await db.commit()
-        await record_state(ctx, task_id, TaskState.STARTED, {"image_id": image_id})
-        if image.attempts > ctx.settings.task_max_attempts:
-            return await _finish(ctx, image, failure=f"gave up after {image.attempts - 1} attempts")
-        source = ctx.media.upload_path(image.storage_key)
-        try:
-            checked = await anyio.to_thread.run_sync(probe, source, image.format)
-            if checked.width * checked.height > ctx.settings.max_image_pixels:
-                raise ImageRejected("The image has too many pixels.")
-            variants = await anyio.to_thread.run_sync(
-                process, source, image.format, ctx.media.image_dir(image.storage_key)
-            )
-        except (ImageRejected, FileNotFoundError) as exc:
-            return await _finish(ctx, image, failure=str(exc) or "the upload is missing")
-        image.variants = {
-            v.name: v.as_dict(ctx.media.url(image.storage_key, v.filename)) for v in variants
-        }
-        original = image.variants["original"]
-        image.width, image.height = original["width"], original["height"]  # upright now
-        return await _finish(ctx, image)
+    if attempts is None:  # deleted, or finished by another copy, just now
+        return {"image_id": image_id, "status": "gone"}
+    await record_state(ctx, task_id, TaskState.STARTED, {"image_id": image_id})
+    if attempts > ctx.settings.task_max_attempts:
+        detail = f"gave up after {attempts - 1} attempts"
+        return await _finish(ctx, image, failure=Failure.UNPROCESSABLE, detail=detail)
+    source = ctx.media.upload_path(image.storage_key)
+    try:
+        checked = await anyio.to_thread.run_sync(probe, source, image.format)
+        if checked.width * checked.height > ctx.settings.max_image_pixels:
+            return await _finish(ctx, image, failure=Failure.TOO_MANY_PIXELS)
+        variants = await anyio.to_thread.run_sync(
+            process, source, image.format, ctx.media.image_dir(image.storage_key)
+        )
+    except ImageRejected as exc:
+        return await _finish(ctx, image, failure=_rejected(exc), detail=str(exc))
+    except FileNotFoundError as exc:
+        return await _finish(ctx, image, failure=Failure.UPLOAD_MISSING, detail=str(exc))
+    image.variants = {
+        v.name: v.as_dict(ctx.media.url(image.storage_key, v.filename)) for v in variants
+    }
+    original = image.variants["original"]
+    image.width, image.height = original["width"], original["height"]  # upright now
+    return await _finish(ctx, image)
 
 
-async def _finish(ctx: JobContext, image: Image, failure: str | None = None) -> dict[str, Any]:
+def _rejected(exc: ImageRejected) -> Failure:
+    if isinstance(exc.__cause__, PilImage.DecompressionBombError):
+        return Failure.TOO_MANY_PIXELS
+    if isinstance(exc.__cause__, FileNotFoundError):
+        return Failure.UPLOAD_MISSING
+    return Failure.NOT_AN_IMAGE
+
+
+async def _finish(
+    ctx: JobContext, image: Image, failure: Failure | None = None, detail: str | None = None
+) -> dict[str, Any]:
+    """Record the outcome, if the image is still there and still pending: one conditional
+    UPDATE in the transaction that settles the task too, so an image deleted meanwhile is not
+    brought back, and the files written for it are removed."""
     status = ImageStatus.FAILED if failure else ImageStatus.READY
     result: dict[str, Any] = {"image_id": image.id, "status": status}
     if failure:
-        result["reason"] = failure
+        result["reason"] = failure.value
+    values: dict[str, Any] = {
+        "status": status,
+        "failure_reason": failure.value if failure else None,
+        "updated_at": utcnow(),
+    }
+    if failure is None:
+        values |= {"variants": image.variants, "width": image.width, "height": image.height}
     async with ctx.session_factory() as db:
-        image = await db.merge(image)
-        image.status = status
-        image.failure_reason = failure[:500] if failure else None
-        image.updated_at = utcnow()
+        settled = await db.scalar(
+            update(Image)
+            .where(Image.id == image.id, Image.status == ImageStatus.PENDING)
+            .values(**values)
+            .returning(Image.id)
+        )
+        if settled is None:
+            current = await db.scalar(select(Image.status).where(Image.id == image.id))
+            if current is not None:  # another copy of the job settled it: its result stands
+                await db.rollback()
+                return {"image_id": image.id, "status": current}
+            result = {"image_id": image.id, "status": "deleted"}
         # The image and its task change together: whoever sees one sees the other.
         await db.execute(
             update(Task)
@@ -90,11 +153,18 @@ async def _finish(ctx: JobContext, image: Image, failure: str | None = None) -> 
             .values(state=TaskState.SUCCESS, result=result, updated_at=utcnow())
         )
         await db.commit()
+    if settled is None:
+        await anyio.to_thread.run_sync(ctx.media.delete, image.storage_key)
+        logger.info("image deleted while it was processed", extra={"image_id": image.id})
+        return result
     if failure is None:
         ctx.media.upload_path(image.storage_key).unlink(missing_ok=True)
     await ctx.stores.cache.bump(*post_generations(image.post_id))
     if failure:
-        logger.warning("image failed", extra={"image_id": image.id, "reason": failure})
+        logger.warning(
+            "image failed",
+            extra={"image_id": image.id, "reason": failure.name, "detail": detail},
+        )
     return result
 
 
@@ -106,9 +176,18 @@ async def send_email(
     subject: str,
     values: dict[str, str],
 ) -> dict[str, Any]:
-    """Render and send one message. SMTP and network errors raise RetryableError."""
+    """Render and send one message, once: the task row is the idempotency key. A copy of the
+    job that finds the message sent (or being sent) does not send it again, and every copy
+    carries the same Message-ID, so that a mail server can drop a duplicate too. SMTP and
+    network errors raise RetryableError."""
     message = render(template, to, subject, ctx.settings.smtp_from, **values)
-    await record_state(ctx, task_id, TaskState.STARTED)
+    message.replace_header("Message-ID", f"<{task_id}@inkwell.local>")
+    state = await _claim(ctx, task_id)
+    if state is TaskState.STARTED:
+        raise JobBusy(f"task {task_id} is being sent by another attempt")
+    if state is not None:  # already sent, failed for good, or its user is gone
+        logger.info("e-mail already handled", extra={"task_id": task_id, "state": state})
+        return {"to": to, "template": template, "duplicate": True}
     try:
         await ctx.mailer.send(message)
     except (OSError, smtplib.SMTPException) as exc:
@@ -116,6 +195,43 @@ async def send_email(
     result = {"to": to, "template": template}
     await record_state(ctx, task_id, TaskState.SUCCESS, result)
     return result
+
+
+async def _claim(ctx: JobContext, task_id: str) -> TaskState | str | None:
+    """Mark the task STARTED if no other attempt holds it; None when it is ours to run, else
+    its state ("gone" when the task no longer exists). A hold older than the hard time limit
+    belongs to an attempt whose worker died: it is taken over."""
+    now = utcnow()
+    stale = now - timedelta(seconds=ctx.settings.task_time_limit_seconds)
+    async with ctx.session_factory() as db:
+        claimed = await db.scalar(
+            update(Task)
+            .where(
+                Task.id == task_id,
+                or_(
+                    Task.state.in_([TaskState.PENDING, TaskState.RETRY]),
+                    and_(Task.state == TaskState.STARTED, Task.updated_at < stale),
+                ),
+            )
+            .values(state=TaskState.STARTED, updated_at=now)
+            .returning(Task.id)
+        )
+        current = None if claimed else await db.scalar(select(Task.state).where(Task.id == task_id))
+        await db.commit()
+    if claimed:
+        return None
+    return TaskState(current) if current else "gone"
+
+
+async def give_up(ctx: JobContext, name: str, task_id: str, kwargs: dict[str, Any]) -> None:
+    """A job stopped at its time limit: record its failure as its owner will read it."""
+    if name == PROCESS_IMAGE:
+        async with ctx.session_factory() as db:
+            image = await db.get(Image, kwargs["image_id"])
+        if image is not None:
+            await _finish(ctx, image, Failure.UNPROCESSABLE, detail="over its time limit")
+        return
+    await record_state(ctx, task_id, TaskState.FAILURE, {"error": EMAIL_TIMED_OUT})
 
 
 async def pending_images(ctx: JobContext, older_than_seconds: int) -> list[tuple[str, int]]:

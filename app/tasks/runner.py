@@ -1,22 +1,26 @@
-"""How jobs are started: Celery when a broker is configured, in-process otherwise. Services call
-`enqueue` after their transaction commits and never ask which runner they have."""
+"""How jobs are started: Celery when a broker is configured, in-process otherwise. Services
+record a job in the outbox with their data and hand it over after the commit
+(`app.tasks.outbox`); they never ask which runner they have."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import random
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio.to_thread
 
 from app.config import Settings
 from app.metrics import TASKS_QUEUED
-from app.middleware import current_request_id
+from app.middleware import RequestContext, request_context
 from app.models import TaskState
 from app.tasks.celery_config import create_celery
 from app.tasks.context import JobContext
-from app.tasks.jobs import JOBS, RetryableError, record_state
+from app.tasks.jobs import JOBS, JobBusy, RetryableError, give_up, record_state
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +28,7 @@ REQUEST_ID_HEADER = "inkwell_request_id"
 EMAIL_RETRY_BASE_SECONDS = 2.0
 EMAIL_RETRY_MAX_SECONDS = 300.0
 EMAIL_MAX_RETRIES = 8
+JOB_CRASHED = "The task could not be completed."
 
 
 def retry_delay(retries: int) -> float:
@@ -31,8 +36,26 @@ def retry_delay(retries: int) -> float:
     return float(min(EMAIL_RETRY_MAX_SECONDS, EMAIL_RETRY_BASE_SECONDS * 2**retries))
 
 
+def with_jitter(seconds: float) -> float:
+    """Between half and all of `seconds`, so that jobs that failed together (an SMTP server or
+    a broker that was down) do not all come back at the same moment."""
+    return seconds * random.uniform(0.5, 1.0)  # noqa: S311 - spreading retries, not a secret
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One job of the outbox, as a runner receives it."""
+
+    id: int
+    name: str
+    task_id: str
+    args: dict[str, Any]
+    request_id: str | None = None
+
+
 class TaskRunner(Protocol):
-    async def enqueue(self, name: str, task_id: str, **kwargs: Any) -> None: ...
+    async def send(self, job: Job) -> None:
+        """Hand the job over (raises when it cannot: the outbox sends it again later)."""
 
     async def drain(self) -> None: ...
 
@@ -46,10 +69,24 @@ class InProcessRunner:
         self._ctx = ctx
         self._running: set[asyncio.Task[None]] = set()
 
+    async def send(self, job: Job) -> None:
+        context = contextvars.copy_context()
+        if job.request_id is not None:
+            # Sent by the relay too: the job's log lines carry the request that queued it.
+            context.run(request_context.set, RequestContext(request_id=job.request_id))
+        self._start(job.name, job.task_id, job.args, context)
+
     async def enqueue(self, name: str, task_id: str, **kwargs: Any) -> None:
-        # The task copies this context: its log lines carry the request id that queued it.
+        """Start a job that has no outbox row (images found pending at start-up)."""
+        self._start(name, task_id, kwargs, contextvars.copy_context())
+
+    def _start(
+        self, name: str, task_id: str, kwargs: dict[str, Any], context: contextvars.Context
+    ) -> None:
         TASKS_QUEUED.labels(name).inc()
-        task = asyncio.create_task(self._run(name, task_id, kwargs), name=f"inkwell:{name}")
+        task = asyncio.create_task(
+            self._run(name, task_id, kwargs), name=f"inkwell:{name}", context=context
+        )
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
@@ -74,22 +111,31 @@ class InProcessRunner:
 
     async def _attempts(self, name: str, task_id: str, kwargs: dict[str, Any]) -> TaskState:
         job = JOBS[name]
-        for attempt in range(EMAIL_MAX_RETRIES + 1):
+        settings = self._ctx.settings
+        attempt = 0
+        while True:
             try:
-                await job(self._ctx, task_id, **kwargs)
+                async with asyncio.timeout(settings.task_soft_time_limit_seconds):
+                    await job(self._ctx, task_id, **kwargs)
                 return TaskState.SUCCESS
+            except JobBusy:  # another copy of this job holds it: look again when its hold ends
+                await asyncio.sleep(with_jitter(settings.task_time_limit_seconds))
             except RetryableError as exc:
                 if attempt == EMAIL_MAX_RETRIES:
                     await record_state(self._ctx, task_id, TaskState.FAILURE, {"error": str(exc)})
                     logger.error("task failed", extra={"task": name, "task_id": task_id})
                     return TaskState.FAILURE
                 await record_state(self._ctx, task_id, TaskState.RETRY, {"error": str(exc)})
-                await asyncio.sleep(retry_delay(attempt))
-            except Exception as exc:
-                logger.exception("task crashed", extra={"task": name, "task_id": task_id})
-                await record_state(self._ctx, task_id, TaskState.FAILURE, {"error": repr(exc)})
+                await asyncio.sleep(with_jitter(retry_delay(attempt)))
+                attempt += 1
+            except TimeoutError:
+                logger.error("task over its time limit", extra={"task": name, "task_id": task_id})
+                await give_up(self._ctx, name, task_id, kwargs)
                 return TaskState.FAILURE
-        raise AssertionError("unreachable: the last attempt returns")
+            except Exception:
+                logger.exception("task crashed", extra={"task": name, "task_id": task_id})
+                await record_state(self._ctx, task_id, TaskState.FAILURE, {"error": JOB_CRASHED})
+                return TaskState.FAILURE
 
 
 class CeleryRunner:
@@ -99,20 +145,23 @@ class CeleryRunner:
         self._celery = create_celery(settings)
         self._queue = settings.celery_queue
 
-    async def enqueue(self, name: str, task_id: str, **kwargs: Any) -> None:
-        TASKS_QUEUED.labels(name).inc()
+    async def send(self, job: Job) -> None:
         # The worker logs the task with the request id that queued it (a message header).
-        headers = {REQUEST_ID_HEADER: current_request_id()}
-        # Publishing is blocking I/O (kombu): keep it off the event loop.
+        headers = {REQUEST_ID_HEADER: job.request_id}
+        # Publishing is blocking I/O (kombu): keep it off the event loop. A broker that hangs
+        # must not hold the request: the caller stops waiting after its timeout.
         await anyio.to_thread.run_sync(
             lambda: self._celery.send_task(
-                f"inkwell.{name}",
-                kwargs={"task_id": task_id, **kwargs},
-                task_id=task_id,
+                f"inkwell.{job.name}",
+                kwargs={"task_id": job.task_id, **job.args},
+                task_id=job.task_id,
                 queue=self._queue,
                 headers=headers,
-            )
+                retry=False,
+            ),
+            abandon_on_cancel=True,
         )
+        TASKS_QUEUED.labels(job.name).inc()
 
     async def drain(self) -> None:
         return None

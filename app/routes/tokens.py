@@ -77,7 +77,7 @@ _LOGIN_BODY = {
     "(`application/x-www-form-urlencoded`: `grant_type=password`, `username`, `password`). "
     "Unknown users and wrong passwords get the same answer.",
     response_model=TokenPair,
-    responses=problem_responses(401, 422, 429),
+    responses=problem_responses(400, 401, 422, 429),  # 400: a form with another grant_type
     openapi_extra={"requestBody": _LOGIN_BODY},
 )
 async def login(

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
+from functools import lru_cache
 from http import HTTPStatus
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 logger = logging.getLogger(__name__)
 
@@ -272,11 +276,52 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return problem(422, "validation_error", "Invalid request", detail, errors=errors)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
     detail = exc.detail if isinstance(exc.detail, str) else None
-    return problem(exc.status_code, code, detail=detail, headers=dict(exc.headers or {}))
+    if exc.status_code == 400:
+        # Inkwell raises AppError, never HTTPException: a 400 here is the framework failing to
+        # read the body (bytes that are not UTF-8 JSON, a broken multipart form). That is a
+        # malformed request like any other, so it answers what every route declares: 422.
+        if isinstance(exc.__cause__, (ValueError, RecursionError)):  # not UTF-8, say
+            msg, kind = "Invalid JSON", "json_invalid"
+        else:
+            msg, kind = detail or "The body could not be read", "body_unreadable"
+        return problem(
+            422,
+            "validation_error",
+            "Invalid request",
+            f"body: {msg}",
+            errors=[{"loc": ["body"], "msg": msg, "type": kind}],
+        )
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route at this path only; a mounted app
+        # (the media files) names its own, or serves GET and HEAD.
+        methods = allowed_methods(request)
+        if methods:
+            headers["Allow"] = ", ".join(methods)
+        else:
+            headers.setdefault("Allow", "GET, HEAD")
+    code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    return problem(exc.status_code, code, detail=detail, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the routes at this request's path serve."""
+    path, root = request.scope["path"], request.scope.get("root_path", "")
+    path = path.removeprefix(root) if root and path.startswith(root + "/") else path
+    methods: set[str] = set()
+    for context in iter_route_contexts(request.app.router.routes):
+        route_methods = getattr(context.original_route, "methods", None)
+        if route_methods and context.path and _path_regex(context.path).match(path):
+            methods.update(route_methods)
+    return sorted(methods)
+
+
+@lru_cache(maxsize=512)
+def _path_regex(path: str) -> re.Pattern[str]:
+    return compile_path(path)[0]
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

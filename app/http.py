@@ -1,10 +1,18 @@
-"""HTTP details shared by routes: conditional GETs."""
+"""HTTP details shared by routes: conditional GETs, and query parameters given once."""
 
 from __future__ import annotations
 
 import hashlib
+import weakref
+from collections.abc import Iterator
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from fastapi import Response
+from fastapi import Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 
 def conditional_json(body: bytes, if_none_match: str | None) -> Response:
@@ -19,3 +27,65 @@ def conditional_json(body: bytes, if_none_match: str | None) -> Response:
 def _matches(if_none_match: str, etag: str) -> bool:
     candidates = {c.strip().removeprefix("W/") for c in if_none_match.split(",")}
     return "*" in candidates or etag in candidates
+
+
+async def single_valued_query(request: Request) -> None:
+    """A query parameter that is not a list (`tag` is one) is given at most once: FastAPI would
+    quietly keep the last of `?q=a&q=b`, answering a question nobody asked. (Parameters a route
+    does not take are ignored, repeated or not.)"""
+    names = [name for name, _ in request.query_params.multi_items()]
+    repeated = {name for name in names if names.count(name) > 1}
+    route = request.scope.get("route")
+    if not repeated or not isinstance(route, APIRoute):
+        return
+    refused = sorted(repeated & _single_valued(route))
+    if refused:
+        raise RequestValidationError(
+            [
+                {"loc": ("query", name), "msg": "Give this parameter once", "type": "repeated"}
+                for name in refused
+            ]
+        )
+
+
+# By id(route) (routes are not hashable), with a weak reference to tell a reused id.
+_SINGLE_VALUED: dict[int, tuple[weakref.ref[APIRoute], frozenset[str]]] = {}
+
+
+def _single_valued(route: APIRoute) -> frozenset[str]:
+    known = _SINGLE_VALUED.get(id(route))
+    if known is None or known[0]() is not route:
+        known = _SINGLE_VALUED[id(route)] = (weakref.ref(route), _find_single_valued(route))
+    return known[1]
+
+
+def _find_single_valued(route: APIRoute) -> frozenset[str]:
+    """The route's query parameters that take one value, query models' fields included."""
+    found: set[str] = set()
+    for dependant in _walk(route.dependant):
+        for param in dependant.query_params:
+            annotation = param.field_info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                found.update(
+                    field.alias or name
+                    for name, field in annotation.model_fields.items()
+                    if not _is_list(field.annotation)
+                )
+            elif not _is_list(annotation):
+                found.add(param.alias)
+    return frozenset(found)
+
+
+def _walk(dependant: Dependant) -> Iterator[Dependant]:
+    yield dependant
+    for child in dependant.dependencies:
+        yield from _walk(child)
+
+
+def _is_list(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _is_list(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return any(_is_list(arg) for arg in get_args(annotation))
+    return origin in (list, set, tuple, frozenset) or annotation in (list, set, tuple, frozenset)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,6 +21,7 @@ from app.database.session import (
 )
 from app.docs import install_docs
 from app.errors import AppError, install_error_handlers
+from app.http import single_valued_query
 from app.logging_setup import configure_logging
 from app.mail import build_mailer
 from app.media import LocalMedia
@@ -171,6 +172,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         openapi_url=None,  # served by install_docs, like the pages and their assets
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(single_valued_query)],
     )
     app.state.settings = settings
     install_openapi(app)

@@ -20,6 +20,9 @@ router = APIRouter(prefix="/api/posts/{post_id}/images", tags=["images"])
 
 ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="The image's id")]
 
+# What the file may be, told by its bytes (anything else is 415).
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
+
 _UPLOAD_BODY = {
     "required": True,
     "content": {
@@ -32,6 +35,7 @@ _UPLOAD_BODY = {
                     "alt": {"type": "string", "maxLength": 300, "examples": ["A cup of tea"]},
                 },
             },
+            "encoding": {"file": {"contentType": ", ".join(IMAGE_TYPES)}},
             "example": {"alt": "A cup of tea"},
         }
     },

@@ -99,7 +99,7 @@ _LOGIN_BODY = {
     "this account from this address, `login_throttled` while the account's ceiling of failures "
     "from all addresses is full and this address already failed.",
     response_model=TokenPair,
-    responses=problem_responses(401, 413, 422, 429),
+    responses=problem_responses(400, 401, 413, 422, 429),  # 400: a form with another grant_type
     openapi_extra={"requestBody": _LOGIN_BODY},
 )
 async def login(

@@ -193,8 +193,10 @@ async def list_users(_: AdminPrincipal, page: PageParams, db: DbSession) -> Page
     return await users.list_users(db, page)
 
 
+# `:int`: only numbers name a user, so `/api/users/verify` and `/api/users/me` never reach these
+# routes (a method they do not serve is 405, not an admin check).
 @router.get(
-    "/{user_id}",
+    "/{user_id:int}",
     operation_id="users-read",
     summary="Public profile",
     description="Anyone may read a profile; it never includes the e-mail address.",
@@ -206,7 +208,7 @@ async def read_user(user: UserById) -> UserPublic:
 
 
 @router.patch(
-    "/{user_id}",
+    "/{user_id:int}",
     operation_id="users-update",
     summary="Change a user (admin)",
     description="Also `role`, `is_active` and `is_verified`. Deactivating ends every session.",
@@ -220,7 +222,7 @@ async def admin_update(
 
 
 @router.delete(
-    "/{user_id}",
+    "/{user_id:int}",
     operation_id="users-delete",
     summary="Delete a user (admin)",
     status_code=status.HTTP_204_NO_CONTENT,

@@ -2,13 +2,21 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 T = TypeVar("T")
 
+# What the schema says of text that may not hold NUL (an ECMA and Python regex alike).
+NUL_FREE_PATTERN = r"^[^\u0000]*$"
+# Text with something in it besides white space, and no NUL.
+NOT_BLANK_PATTERN = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+
 
 class NulFreeModel(BaseModel):
-    """Refuses the NUL character anywhere in its text: PostgreSQL cannot store or compare it."""
+    """Refuses the NUL character anywhere in its text: PostgreSQL cannot store or compare it.
+    Its JSON schema says so: free text gets `NUL_FREE_PATTERN`."""
 
     @model_validator(mode="before")
     @classmethod
@@ -17,11 +25,21 @@ class NulFreeModel(BaseModel):
             raise ValueError("text must not contain the NUL character (\\u0000)")
         return data
 
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        for field in handler.resolve_ref_schema(schema).get("properties", {}).values():
+            forbid_nul(field)
+        return schema
+
 
 class RequestModel(NulFreeModel):
-    """Base of every request body: unknown fields are refused (no mass assignment)."""
+    """Base of every request body: unknown fields are refused (no mass assignment), and values
+    are taken as their documented JSON type only (`"published": 0` is not `false`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def _has_nul(value: Any) -> bool:
@@ -32,8 +50,35 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+def forbid_nul(node: dict[str, Any]) -> None:
+    """Free text (no pattern, format or fixed values of its own) gets `NUL_FREE_PATTERN`; the
+    items of a list and each branch of a union too, as `_has_nul` looks into them."""
+    if node.get("type") == "string" and not node.keys() & {"pattern", "format", "enum", "const"}:
+        node["pattern"] = NUL_FREE_PATTERN
+    if isinstance(node.get("items"), dict):
+        forbid_nul(node["items"])
+    for branch in node.get("anyOf", []):
+        forbid_nul(branch)
+
+
 class PatchModel(RequestModel):
-    """Base of PATCH bodies: absent fields stay as they are; an explicit `null` is refused."""
+    """Base of PATCH bodies: absent fields stay as they are; an explicit `null` is refused, and
+    its JSON schema says so (the fields are optional, not nullable)."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = super().__get_pydantic_json_schema__(core_schema, handler)
+        for field in handler.resolve_ref_schema(schema).get("properties", {}).values():
+            branches = [b for b in field.pop("anyOf", []) if b.get("type") != "null"]
+            if len(branches) == 1:
+                field.update(branches[0])
+            elif branches:
+                field["anyOf"] = branches
+            if "default" in field and field["default"] is None:
+                del field["default"]
+        return schema
 
     @model_validator(mode="after")
     def _no_nulls(self) -> PatchModel:

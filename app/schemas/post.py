@@ -1,44 +1,37 @@
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
-from app.schemas.common import NulFreeModel, PatchModel, RequestModel
+from app.schemas.common import NOT_BLANK_PATTERN, NulFreeModel, PatchModel, RequestModel
 from app.schemas.image import ImageOut
 
 MAX_TAGS = 10
-TAG_PATTERN = re.compile(r"^[a-z0-9-]{1,32}$")
+# As given; stored lower-cased (ASCII only, so the stored tag matches `^[a-z0-9-]{1,32}$`).
+TAG_PATTERN = r"^[A-Za-z0-9-]{1,32}$"
 
 
 def _normalise_tags(tags: list[str]) -> list[str]:
-    seen: dict[str, None] = {}
-    for raw in tags:
-        tag = raw.strip().lower()
-        if not TAG_PATTERN.fullmatch(tag):
-            raise ValueError(f"invalid tag {raw!r}: use 1-32 of a-z, 0-9 and '-'")
-        seen.setdefault(tag, None)
-    if len(seen) > MAX_TAGS:
-        raise ValueError(f"at most {MAX_TAGS} distinct tags")
-    return list(seen)
+    """Lower-cased, duplicates dropped, in their first order."""
+    return list(dict.fromkeys(tag.lower() for tag in tags))
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be blank")
-    return value
-
-
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Content = Annotated[str, Field(min_length=1, max_length=50_000), AfterValidator(_not_blank)]
+# Not blank, and (like all text) free of NUL: said by the pattern, so that the schema says it.
+Title = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=200, pattern=NOT_BLANK_PATTERN
+    ),
+]
+Content = Annotated[str, Field(min_length=1, max_length=50_000, pattern=NOT_BLANK_PATTERN)]
 Tags = Annotated[
-    list[Annotated[str, Field(max_length=64)]],
+    list[Annotated[str, StringConstraints(pattern=TAG_PATTERN)]],
     Field(
-        max_length=10 * MAX_TAGS,
-        description=f"At most {MAX_TAGS} distinct tags, each `^[a-z0-9-]{{1,32}}$` once "
-        "lower-cased; duplicates are dropped",
+        max_length=MAX_TAGS,
+        description=f"At most {MAX_TAGS} tags of 1-32 letters, digits and `-`; they are "
+        "lower-cased and duplicates dropped",
     ),
     AfterValidator(_normalise_tags),
 ]

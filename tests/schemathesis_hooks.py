@@ -1,0 +1,71 @@
+"""Schemathesis hooks for tests/test_schemathesis.py (`hooks` in tests/schemathesis.toml).
+
+Every generated request is sent with the access token of a live account. The run deletes
+accounts (`DELETE /api/users/me`) and ends sessions, so a token does not stay valid: a fresh
+account is registered at the start and again whenever a request answers 401 (Schemathesis then
+replays that request with the new token).
+
+E-mail addresses are generated as Inkwell takes them: JSON Schema's `email` format allows
+special-use domains (`a@b.test`, `a@b.local`) that cannot receive mail, and Inkwell refuses
+those (422), as a sign-up form should. Uploaded files are small real images of the types the
+upload's `encoding` names (other bytes are 415), so that uploads reach the image and its task."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from typing import Any
+
+import httpx
+import schemathesis
+from hypothesis import strategies as st
+from PIL import Image
+from schemathesis import Case
+from schemathesis.auths import AuthContext
+
+PASSWORD = "fuzzing is believing, 42 times"
+TIMEOUT_S = 10.0
+
+
+schemathesis.openapi.format(
+    "email", st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,30}@[a-z0-9]{1,20}\.(com|org|net|io)\Z")
+)
+
+
+def image(width: int, height: int, colour: tuple[int, int, int], kind: str) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(out, format=kind)
+    return out.getvalue()
+
+
+_SIZES = st.integers(min_value=1, max_value=48)
+_COLOURS = st.tuples(*[st.integers(min_value=0, max_value=255)] * 3)
+for _media_type, _kind in (
+    ("image/jpeg", "JPEG"),
+    ("image/png", "PNG"),
+    ("image/webp", "WEBP"),
+    ("image/gif", "GIF"),
+):
+    schemathesis.openapi.media_type(
+        _media_type, st.builds(image, _SIZES, _SIZES, _COLOURS, st.just(_kind))
+    )
+
+
+@schemathesis.auth(retry_on=[401])
+class FreshAccount:
+    """A newly registered user's access token."""
+
+    def get(self, case: Case[Any], context: AuthContext) -> str:
+        name = f"fuzz_{uuid.uuid4().hex[:12]}"
+        base_url = context.operation.schema.get_base_url().rstrip("/")
+        response = httpx.post(
+            f"{base_url}/api/users",
+            json={"username": name, "email": f"{name}@example.com", "password": PASSWORD},
+            timeout=TIMEOUT_S,
+        )
+        response.raise_for_status()
+        token: str = response.json()["tokens"]["access_token"]
+        return token
+
+    def set(self, case: Case[Any], data: str, context: AuthContext) -> None:
+        case.headers["Authorization"] = f"Bearer {data}"

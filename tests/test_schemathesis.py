@@ -167,7 +167,7 @@ async def test_an_empty_202_documents_no_body(document: dict[str, Any]) -> None:
 
 async def test_patch_fields_are_optional_not_nullable(document: dict[str, Any]) -> None:
     schemas = document["components"]["schemas"]
-    for name in ("PostPatch", "UserUpdate", "AdminUserUpdate"):
+    for name in ("PostPatch", "ProfileUpdate", "AdminUserUpdate"):
         for field, schema in schemas[name]["properties"].items():
             assert "null" not in str(schema.get("anyOf", "")), f"{name}.{field}"
             assert schema.get("type") != "null", f"{name}.{field}"

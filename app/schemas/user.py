@@ -43,6 +43,7 @@ Password = Annotated[
         min_length=password_policy.MIN_LENGTH,
         max_length=password_policy.MAX_LENGTH,
         description="8-128 characters, not one of the most common passwords",
+        json_schema_extra={"format": "password"},
     ),
     AfterValidator(_not_common),
 ]
@@ -89,7 +90,8 @@ class ProfileUpdate(UserUpdate):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "example": {"email": "alice@example.org", "current_password": "correct horse battery"}
+            "example": {"email": "alice@example.org", "current_password": "correct horse battery"},
+            "dependentRequired": {"email": ["current_password"]},
         }
     )
 

@@ -98,15 +98,15 @@ async def answered_before_the_e_mail_work(
     """The answer to one request, which must come while queueing an e-mail is held back; the
     work is then let through and finishes before this returns (so calls never overlap)."""
     release = asyncio.Event()
-    runner = app.state.backends.runner
-    enqueue: Callable[..., Awaitable[None]] = runner.enqueue
+    outbox = app.state.backends.outbox
+    dispatch: Callable[..., Awaitable[None]] = outbox.dispatch
 
     async def held_back(*args: Any, **kwargs: Any) -> None:
         await release.wait()
-        await enqueue(*args, **kwargs)
+        await dispatch(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(runner, "enqueue", held_back)
+        patch.setattr(outbox, "dispatch", held_back)
         try:
             answer, work = await call(app, path, body, headers, queries)
         finally:

@@ -341,9 +341,12 @@ async def test_links_follow_the_port_served_and_their_pages_finish_the_job(
 
 @pytest.mark.parametrize(
     ("variables", "public_url"),
-    [({}, "http://localhost:8000"), ({"API_PORT": "9100"}, "http://localhost:9100")],
+    [
+        ({}, "http://localhost:8000"),
+        ({"API_PORT": "9100", "PUBLIC_URL": "http://localhost:9100"}, "http://localhost:9100"),
+    ],
 )
-def test_compose_links_follow_the_published_port(
+def test_compose_links_point_at_the_published_api(
     tmp_path: Path, variables: dict[str, str], public_url: str
 ) -> None:
     env_file = tmp_path / "empty.env"

@@ -84,7 +84,10 @@ async def outage(
             account = await register(api)
             yield Outage(broker, worker, api, application, account)
     finally:
-        await asyncio.to_thread(worker.stop)
+        try:
+            await asyncio.to_thread(worker.stop)
+        except ProcessLookupError:  # it died (and the test said so)
+            worker.process = None
         broker.stop()
 
 
@@ -94,6 +97,15 @@ async def a_new_job_is_processed(outage: Outage) -> None:
     stored = await wait_for_image(outage.app, image["id"], within=RECONNECT_TIMEOUT_S + 30)
     assert stored.status == ImageStatus.READY, stored.failure_reason
     assert set(stored.variants) == VARIANTS
+
+
+def test_the_worker_retries_its_broker_for_as_long_as_it_is_down(settings: Settings) -> None:
+    """Celery gives up after 100 reconnection attempts by default, and the worker then exits: an
+    outage of a few tens of minutes would take the workers down for good."""
+    conf = create_celery(settings_like(settings, celery_broker_url="redis://127.0.0.1:1/0")).conf
+    assert conf.broker_connection_retry is True
+    assert conf.broker_connection_retry_on_startup is True
+    assert conf.broker_connection_max_retries is None
 
 
 @services_only
@@ -151,12 +163,3 @@ async def test_worker_survives_a_flapping_broker(outage: Outage) -> None:
 
     await a_new_job_is_processed(outage)
     outage.assert_worker_alive()
-
-
-def test_the_worker_retries_its_broker_for_as_long_as_it_is_down(settings: Settings) -> None:
-    """Celery gives up after 100 reconnection attempts by default, and the worker then exits: an
-    outage of a few tens of minutes would take the workers down for good."""
-    conf = create_celery(settings_like(settings, celery_broker_url="redis://127.0.0.1:1/0")).conf
-    assert conf.broker_connection_retry is True
-    assert conf.broker_connection_retry_on_startup is True
-    assert conf.broker_connection_max_retries is None

@@ -19,10 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from kombu.transport.pyamqp import Transport as PyamqpTransport
 
 from app.config import Settings
 from app.models import ImageStatus
-from app.tasks.celery_config import create_celery
+from app.tasks.celery_config import RedisTransport, create_celery
 from tests.conftest import SERVICES, running_app, settings_env, settings_like, tidied_up_after
 from tests.factories import Account, register
 from tests.redis_server import RedisServer
@@ -106,6 +107,25 @@ def test_the_worker_retries_its_broker_for_as_long_as_it_is_down(settings: Setti
     assert conf.broker_connection_retry is True
     assert conf.broker_connection_retry_on_startup is True
     assert conf.broker_connection_max_retries is None
+
+
+@pytest.mark.parametrize(
+    ("url", "transport"),
+    [
+        ("redis://127.0.0.1:1/0", RedisTransport),
+        ("rediss://127.0.0.1:1/0", RedisTransport),
+        ("amqp://guest:guest@127.0.0.1:1//", PyamqpTransport),
+    ],
+)
+def test_a_redis_broker_uses_the_channel_that_survives_a_lost_connection(
+    settings: Settings, url: str, transport: type
+) -> None:
+    app = create_celery(settings_like(settings, celery_broker_url=url))
+    connection = app.connection_for_write()
+    try:
+        assert type(connection.transport) is transport
+    finally:
+        connection.release()
 
 
 @services_only

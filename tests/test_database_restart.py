@@ -1,7 +1,8 @@
-"""PostgreSQL restarts under the API (`pg_ctl restart -m fast` on a private cluster): no request
-answers 500; one the database could not serve answers 503 `database_unavailable` with
-`Retry-After`; a read whose pooled connection died runs once more on a fresh one; a write is
-never run twice. Services mode."""
+"""PostgreSQL restarts under the API (`pg_ctl restart -m fast` on a private cluster, services
+mode): no request answers 500; one the database could not serve answers 503
+`database_unavailable` with `Retry-After`; a read whose pooled connection died runs once more on
+a fresh one; a write is never run twice. In both modes: the same rules with the failure
+simulated, and the OpenAPI document declaring the 503."""
 
 from __future__ import annotations
 
@@ -18,18 +19,17 @@ import httpx
 import pytest
 from alembic import command
 from fastapi import FastAPI
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import await_only
 
 from app.config import Settings
+from app.services import posts
 from tests import postgres_server
 from tests.conftest import ON_CI, SERVICES, alembic_config, make_settings, running_app
 from tests.factories import Account, create_post, register
 from tests.postgres_server import PostgresServer
 from tests.problems import assert_problem
-
-pytestmark = pytest.mark.skipif(not SERVICES, reason="restarts a PostgreSQL cluster of its own")
 
 DATABASE = "inkwell"
 LOAD_CLIENTS = 12
@@ -39,6 +39,8 @@ LOAD_AFTER_S = 1.5
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PostgresServer]:
+    if not SERVICES:
+        pytest.skip("restarts a PostgreSQL cluster of its own: services mode")
     reason = postgres_server.available()
     if reason is not None:
         if ON_CI:
@@ -222,6 +224,94 @@ async def test_readiness_names_the_database_while_it_is_down(
         await asyncio.to_thread(postgres.start)
     assert (await client.get("/health/ready")).status_code == 200
     assert (await client.get("/api/posts")).status_code == 200
+
+
+def _lost_connection() -> exc.InterfaceError:
+    """What SQLAlchemy raises when a statement finds its pooled connection closed."""
+    return exc.InterfaceError(
+        "SELECT 1", {}, Exception("connection is closed"), connection_invalidated=True
+    )
+
+
+async def test_a_read_that_lost_its_connection_runs_once_more(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+    popular_tags = posts.popular_tags
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise _lost_connection()
+        return await popular_tags(*args, **kwargs)
+
+    monkeypatch.setattr(posts, "popular_tags", flaky)
+    response = await client.get("/api/tags")
+    assert response.status_code == 200, response.text
+    assert calls == 2
+
+
+async def test_a_read_that_loses_its_connection_twice_answers_503(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+
+    async def broken(*_: Any, **__: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        raise _lost_connection()
+
+    monkeypatch.setattr(posts, "popular_tags", broken)
+    assert_unavailable(await client.get("/api/tags"))
+    assert calls == 2  # once more, not again and again
+
+
+async def test_a_write_that_lost_its_connection_is_not_run_again(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    author = await register(client)
+    calls = 0
+
+    async def broken(*_: Any, **__: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        raise _lost_connection()
+
+    monkeypatch.setattr(posts, "create", broken)
+    response = await client.post("/api/posts", json=_post_body(5), headers=author.headers)
+    assert_unavailable(response)
+    assert calls == 1
+
+
+async def test_a_database_error_that_is_no_outage_stays_a_500(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong statement is a bug to fix, not a moment to wait: no 503 hides it."""
+
+    async def wrong(*_: Any, **__: Any) -> Any:
+        raise exc.ProgrammingError("SELECT nonsense", {}, Exception("syntax error"))
+
+    monkeypatch.setattr(posts, "popular_tags", wrong)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert_problem(await client.get("/api/tags"), 500, "internal_error")
+
+
+def test_every_database_route_declares_503_with_retry_after(app: FastAPI) -> None:
+    schema = app.openapi()
+    operations = [
+        (path, method, operation)
+        for path, item in schema["paths"].items()
+        if path.startswith("/api/")
+        for method, operation in item.items()
+    ]
+    assert operations
+    for path, method, operation in operations:
+        declared = operation["responses"].get("503")
+        assert declared, f"{method.upper()} {path} does not declare 503"
+        assert "Retry-After" in declared["headers"], f"{method.upper()} {path}"
+        assert list(declared["content"]) == ["application/problem+json"]
 
 
 def _post_body(n: int) -> dict[str, Any]:

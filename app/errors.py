@@ -15,6 +15,9 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.database.session import connection_lost, unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +221,23 @@ class ServiceUnavailable(AppError):
     title = "Service unavailable"
 
 
+# Seconds a client should wait before sending again a request a dependency could not serve: a
+# database restart (`pg_ctl restart -m fast`) or fail-over takes about that long.
+UNAVAILABLE_RETRY_AFTER_S = 1
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database could not be reached, or lost the connection mid-request. Nothing is known
+    to be saved: a write may or may not have been committed, so its client reads before sending
+    it again (or sends it again if it is idempotent)."""
+
+    code = "database_unavailable"
+    detail = "The database is unavailable for a moment; try again shortly."
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
+
+
 # --- rendering --------------------------------------------------------------------------------
 def problem(
     status: int,
@@ -329,8 +349,78 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(500, "internal_error", detail="Something went wrong on our side.")
 
 
+# Reads that may run twice: they change nothing.
+_IDEMPOTENT_READS = frozenset({"GET", "HEAD"})
+
+
+class DatabaseErrorMiddleware:
+    """A request the database could not serve answers 503 `database_unavailable` with
+    `Retry-After`, never a bare 500. A read whose pooled connection died under it (the server
+    restarted) runs once more, on a fresh connection, before any of its answer was sent. A write
+    does not: whether it was committed is unknown.
+
+    Plain ASGI middleware just outside the routes (inside CORS and the body limits): a route
+    handler would turn the error into an answer before anything could run the read again."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        received: list[Message] = []
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        async def recorded_receive() -> Message:
+            message = await receive()
+            received.append(message)
+            return message
+
+        try:
+            await self.app(scope, recorded_receive, tracked_send)
+            return
+        except Exception as error:
+            if started or not unavailable(error):
+                raise
+            if not (scope["method"] in _IDEMPOTENT_READS and connection_lost(error)):
+                await _database_unavailable(scope, error)(scope, receive, send)
+                return
+            logger.info(
+                "database connection lost: reading again on a fresh one",
+                extra={"path": scope["path"], "error": repr(error)},
+            )
+        replay = iter(received)
+
+        async def replayed_receive() -> Message:
+            return next(replay, None) or await receive()
+
+        try:
+            await self.app(scope, replayed_receive, tracked_send)
+        except Exception as error:
+            if started or not unavailable(error):
+                raise
+            await _database_unavailable(scope, error)(scope, receive, send)
+
+
+def _database_unavailable(scope: Scope, error: Exception) -> JSONResponse:
+    logger.warning(
+        "database unavailable: answered 503",
+        extra={"method": scope["method"], "path": scope["path"], "error": repr(error)},
+    )
+    exc = DatabaseUnavailable()
+    return problem(exc.status, exc.code, exc.title, exc.message, exc.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    # Added first, so innermost: CORS and the body limits see its 503 like any other answer.
+    app.add_middleware(DatabaseErrorMiddleware)

@@ -9,7 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app import metrics as prometheus
 from app.dependencies import BackendsDep
-from app.errors import NotFound, problem
+from app.errors import UNAVAILABLE_RETRY_AFTER_S, NotFound, problem
 from app.schemas.common import problem_responses
 from app.services import health as health_service
 from app.services import tasks
@@ -45,6 +45,7 @@ async def ready(backends: BackendsDep) -> JSONResponse:
             "dependency_unavailable",
             "Not ready",
             f"Unavailable: {', '.join(failing)}.",
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
             checks=checks,
         )
     return JSONResponse({"status": "ok", "checks": checks})

@@ -132,8 +132,10 @@ class Problem(BaseModel):
     errors: list[ValidationIssue] | None = None
 
 
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries documenting problem+json errors."""
+def problem_responses(*statuses: int, database: bool = True) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries documenting problem+json errors. A route that uses the
+    database (`database=True`, every API route) may also answer 503 `database_unavailable`,
+    with `Retry-After`, while the database cannot serve it."""
     descriptions = {
         400: "The request breaks a rule",
         401: "Missing, invalid, expired or revoked token",
@@ -144,9 +146,12 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         415: "Unsupported media type",
         422: "Invalid request: see `errors`",
         429: "Too many requests: see `Retry-After`",
-        503: "A dependency is unavailable",
+        503: "A dependency is unavailable (`database_unavailable`: the database, for a moment): "
+        "see `Retry-After`",
     }
-    return {
+    if database and 503 not in statuses:
+        statuses = (*statuses, 503)
+    responses: dict[int | str, dict[str, Any]] = {
         status: {
             "model": Problem,
             "description": descriptions.get(status, "Error"),
@@ -156,3 +161,12 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+    if 503 in responses:
+        responses[503]["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
+    return responses
+
+
+RETRY_AFTER_HEADER = {
+    "description": "Seconds to wait before sending the request again",
+    "schema": {"type": "integer", "minimum": 0},
+}

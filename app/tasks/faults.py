@@ -42,7 +42,7 @@ class RetryableError(Exception):
 
 
 def _transient_itself(exc: BaseException) -> bool:
-    if isinstance(exc, RetryableError | _SERVICE_CONNECTION | _ASYNCPG_CONNECTION):
+    if isinstance(exc, (RetryableError, *_SERVICE_CONNECTION, *_ASYNCPG_CONNECTION)):
         return True
     if isinstance(exc, sa.DBAPIError):
         # A connection that was lost, or refused, or a database that is restarting; not a

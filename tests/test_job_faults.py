@@ -36,6 +36,7 @@ from app.tasks.faults import is_transient
 from app.tasks.outbox import Outbox
 from app.tasks.runner import (
     JOB_CRASHED,
+    SERVICE_AWAY,
     TRANSIENT_MAX_RETRIES,
     InProcessRunner,
     Job,
@@ -137,6 +138,10 @@ def test_the_rule_after_a_failure(settings: Settings) -> None:
     assert passing.state == TaskState.RETRY
     assert not passing.give_up
     assert passing.kwargs == {"image_id": 7, "reuse_attempt": 2}  # no attempt counted again
+    # A driver's message (its SQL) is never shown in the task: a plain sentence is.
+    database = after_failure(settings, jobs.PROCESS_IMAGE, kwargs, lost_connection(), 0)
+    assert database.error == SERVICE_AWAY
+    assert "SELECT" not in database.error
 
     own = after_failure(settings, jobs.PROCESS_IMAGE, kwargs, ValueError("x"), 0)
     assert own.retry_in is None
@@ -181,7 +186,7 @@ async def test_an_image_whose_database_went_away_is_retried_without_counting_an_
     account = await register(client)
     image = await upload(client, account, images.jpeg((800, 600)))
     finish = jobs._finish
-    faults = []
+    faults: list[int] = []
 
     async def connection_lost_once(*args: Any, **kwargs: Any) -> Any:
         if not faults:
@@ -236,7 +241,7 @@ async def test_an_email_whose_success_could_not_be_recorded_is_not_sent_again(
         task = tasks.new(session, jobs.SEND_EMAIL, None)
         await session.commit()
     record_state = jobs.record_state
-    faults = []
+    faults: list[int] = []
 
     async def lost_after_sending(ctx: Any, task_id: str, state: TaskState, *a: Any) -> None:
         if state == TaskState.SUCCESS and not faults:
@@ -423,7 +428,7 @@ async def test_jobs_the_broker_lost_are_sent_again_and_run_once(
     async with running_app(settings_like(settings, **overrides)) as (other, api):
         lossy = DropsFirstSend(other.state.backends.runner)
         outbox: Outbox = other.state.backends.outbox
-        outbox._runner = lossy  # type: ignore[assignment]
+        outbox._runner = lossy
         account = await register(api)
         image = await upload(api, account, images.jpeg((800, 600)))
         assert len(lossy.dropped) == 2  # both jobs "sent", and lost

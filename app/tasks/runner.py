@@ -27,6 +27,7 @@ from app.tasks.jobs import (
     Delivered,
     Interrupted,
     JobBusy,
+    RetryableError,
     give_up,
     record_state,
 )
@@ -42,6 +43,9 @@ EMAIL_MAX_RETRIES = 8
 # which sends it again (a new delivery, a new attempt) after IMAGE_STUCK_AFTER_SECONDS.
 TRANSIENT_MAX_RETRIES = EMAIL_MAX_RETRIES
 JOB_CRASHED = "The task could not be completed."
+# What a task shows while a service it needs is away (the driver's message, with its SQL, is
+# logged and never shown).
+SERVICE_AWAY = "A service the task needs did not answer; it will be tried again."
 
 
 def retry_delay(retries: int) -> float:
@@ -83,7 +87,8 @@ def after_failure(
         kwargs = kwargs | {"reuse_attempt": exc.attempt}
     if isinstance(exc, Delivered):
         kwargs = kwargs | {"delivered": True}
-    error = str(exc)
+    own_words = isinstance(exc, RetryableError) and not isinstance(exc, Delivered)
+    error = str(exc) if own_words else SERVICE_AWAY
     if retries < TRANSIENT_MAX_RETRIES:
         return NextStep(with_jitter(retry_delay(retries)), kwargs, TaskState.RETRY, error)
     if name == PROCESS_IMAGE:  # the sweep sends it again later
@@ -202,6 +207,7 @@ class InProcessRunner:
             logger.warning(
                 "task failed, will try again",
                 extra={"task": name, "task_id": task_id, "retry_in": round(step.retry_in, 2)},
+                exc_info=failure,
             )
             await asyncio.sleep(step.retry_in)
             if step.state is not None:  # a copy busy elsewhere costs no retry

@@ -268,6 +268,36 @@ async def test_an_email_whose_success_could_not_be_recorded_is_not_sent_again(
     assert len(await asyncio.to_thread(smtp_server.wait_for, to, 1.0, 2)) == 1
 
 
+async def test_a_copy_of_an_image_job_held_by_another_try_waits_without_counting(
+    client: httpx.AsyncClient, app: FastAPI, no_jobs_run: None
+) -> None:
+    account = await register(client)
+    image = await upload(client, account, images.jpeg((640, 480)))
+    ctx = job_context(app)
+    session: AsyncSession
+    async with app.state.session_factory() as session:
+        await session.execute(
+            update(Task)
+            .where(Task.id == image["task_id"])
+            .values(state=TaskState.STARTED, updated_at=utcnow())  # another try holds it
+        )
+        await session.commit()
+
+    with pytest.raises(jobs.JobBusy):  # a second copy (the sweep's, say) waits
+        await jobs.process_image(ctx, image["task_id"], image["id"])
+    row = await image_row(app, image["id"])
+    assert row is not None
+    assert row.attempts == 0
+    assert row.status == ImageStatus.PENDING
+
+    # The same message delivered again because its worker died takes the hold over.
+    result = await jobs.process_image(ctx, image["task_id"], image["id"], redelivered=True)
+    assert result["status"] == ImageStatus.READY
+    row = await image_row(app, image["id"])
+    assert row is not None
+    assert row.attempts == 1
+
+
 # -- a real lost database connection under a Celery job ----------------------------------------
 
 

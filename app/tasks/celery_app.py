@@ -115,8 +115,11 @@ def _run_job(task: Task[Any, Any], name: str, task_id: str, kwargs: dict[str, An
     passing fault is retried as a new message (published before this one is acknowledged), a
     failure of the job's own is recorded as such. No exception leaves an image `pending`."""
     if task.request.delivery_info and task.request.delivery_info.get("redelivered"):
-        # Delivered again after its worker died mid-try: that try counts, whatever came before.
+        # Delivered again after its worker died mid-try: that try counts, whatever came before,
+        # and its hold on the image is taken over (its holder is dead).
         kwargs = {k: v for k, v in kwargs.items() if k not in ("reuse_attempt", "delivered")}
+        if name == jobs.PROCESS_IMAGE:
+            kwargs["redelivered"] = True
     try:
         return _run(lambda ctx: jobs.JOBS[name](ctx, task_id, **kwargs))
     except SoftTimeLimitExceeded:

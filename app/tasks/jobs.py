@@ -75,13 +75,22 @@ async def record_state(
 
 
 async def process_image(
-    ctx: JobContext, task_id: str, image_id: int, reuse_attempt: int | None = None
+    ctx: JobContext,
+    task_id: str,
+    image_id: int,
+    reuse_attempt: int | None = None,
+    redelivered: bool = False,
 ) -> dict[str, Any]:
     """Turn an uploaded file into its cleaned original and variants. Idempotent: only a pending
-    image is worked on, files are written atomically, a deleted image stays deleted, and
-    attempts are counted so that an image that keeps killing its worker ends `failed` instead
-    of coming back for ever. A try after a passing fault (`reuse_attempt`: the attempt that
-    fault interrupted) does not count again; a passing fault raises Interrupted."""
+    image is worked on, by one try at a time (its task holds it), files are written atomically,
+    a deleted image stays deleted, and attempts are counted so that an image that keeps killing
+    its worker ends `failed` instead of coming back for ever.
+
+    A try after a passing fault (`reuse_attempt`: the attempt that fault interrupted) does not
+    count again; a passing fault raises Interrupted. A copy of the job that finds another one
+    holding the image raises JobBusy, without counting, unless it takes that hold over: it is
+    the same message delivered again because its worker died (`redelivered`), or the try after
+    a fault of its own."""
     async with ctx.session_factory() as db:
         image = await db.get(Image, image_id)
         if image is not None and image.status != ImageStatus.PENDING:
@@ -90,9 +99,30 @@ async def process_image(
         result = {"image_id": image_id, "status": "deleted"}
         await record_state(ctx, task_id, TaskState.SUCCESS, result)
         return result
+    attempts = await _start(ctx, task_id, image_id, reuse_attempt, redelivered)
+    if attempts is None:  # deleted, or finished by another copy, just now
+        return {"image_id": image_id, "status": "gone"}
+    try:
+        return await _process(ctx, image, attempts)
+    except Exception as exc:
+        if is_transient(exc):
+            raise Interrupted(attempts) from exc
+        raise
+
+
+async def _start(
+    ctx: JobContext, task_id: str, image_id: int, reuse_attempt: int | None, redelivered: bool
+) -> int | None:
+    """Count the attempt and hold the task, in one transaction (the image's row first, as
+    `_finish` locks them): the attempt number, or None when the image is no longer pending."""
     counted: Any = Image.attempts + 1
     if reuse_attempt is not None:  # the interrupted try's count stands for this one
         counted = case((Image.attempts == reuse_attempt, Image.attempts), else_=counted)
+    now = utcnow()
+    stale = now - timedelta(seconds=ctx.settings.task_time_limit_seconds)
+    claim = update(Task).where(Task.id == task_id)
+    if not (redelivered or reuse_attempt is not None):
+        claim = claim.where(or_(Task.state != TaskState.STARTED, Task.updated_at < stale))
     async with ctx.session_factory() as db:
         attempts = await db.scalar(
             update(Image)
@@ -100,19 +130,24 @@ async def process_image(
             .values(attempts=counted)
             .returning(Image.attempts)
         )
+        if attempts is None:
+            await db.rollback()
+            return None
+        held = await db.scalar(
+            claim.values(state=TaskState.STARTED, result={"image_id": image_id}, updated_at=now)
+            .returning(Task.id)
+            .execution_options(synchronize_session=False)
+        )
+        if held is None:
+            state = await db.scalar(select(Task.state).where(Task.id == task_id))
+            if state == TaskState.STARTED:
+                await db.rollback()
+                raise JobBusy(f"image {image_id} is being processed by another try")
         await db.commit()
-    if attempts is None:  # deleted, or finished by another copy, just now
-        return {"image_id": image_id, "status": "gone"}
-    try:
-        return await _process(ctx, task_id, image, attempts)
-    except Exception as exc:
-        if is_transient(exc):
-            raise Interrupted(attempts) from exc
-        raise
+    return int(attempts)
 
 
-async def _process(ctx: JobContext, task_id: str, image: Image, attempts: int) -> dict[str, Any]:
-    await record_state(ctx, task_id, TaskState.STARTED, {"image_id": image.id})
+async def _process(ctx: JobContext, image: Image, attempts: int) -> dict[str, Any]:
     if attempts > ctx.settings.task_max_attempts:
         detail = f"gave up after {attempts - 1} attempts"
         return await _finish(ctx, image, failure=Failure.UNPROCESSABLE, detail=detail)

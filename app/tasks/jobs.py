@@ -93,6 +93,8 @@ async def process_image(
     a fault of its own."""
     async with ctx.session_factory() as db:
         image = await db.get(Image, image_id)
+        if image is not None and image.task_id != task_id:
+            image = None  # not the image this job was queued for: that one is gone
         if image is not None and image.status != ImageStatus.PENDING:
             return {"image_id": image_id, "status": image.status}
     if image is None:  # deleted before its job ran: the task says so
@@ -126,7 +128,11 @@ async def _start(
     async with ctx.session_factory() as db:
         attempts = await db.scalar(
             update(Image)
-            .where(Image.id == image_id, Image.status == ImageStatus.PENDING)
+            .where(
+                Image.id == image_id,
+                Image.task_id == task_id,
+                Image.status == ImageStatus.PENDING,
+            )
             .values(attempts=counted)
             .returning(Image.attempts)
         )

@@ -106,7 +106,9 @@ class Settings(BaseSettings):
     # An unacknowledged task (its worker died) is delivered again after this long (Redis broker).
     celery_visibility_timeout_seconds: int = Field(default=300, ge=1)
     celery_queue: str = "inkwell"
-    # Images stuck in `pending` longer than this are queued again by the sweep.
+    # A job sent whose task is still pending (or retrying, or held by a try older than the hard
+    # time limit) this long after was lost on its way (a broker that restarted without
+    # persistence): the outbox relays send it again. Images and e-mails alike.
     image_stuck_after_seconds: int = Field(default=600, ge=1)
     task_max_attempts: int = Field(default=3, ge=1)
     # A job still running after the soft limit is stopped and recorded as failed; the worker

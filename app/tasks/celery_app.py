@@ -3,7 +3,10 @@
 Tasks are acknowledged late and rejected when their worker dies, so a worker killed mid-task
 loses nothing: the broker delivers the task again (RabbitMQ at once; the Redis broker after
 CELERY_VISIBILITY_TIMEOUT_SECONDS). The jobs are idempotent (keyed by their task id) and count
-their attempts. Each has a soft and a hard time limit, and retries wait with jitter.
+their attempts. Each has a soft and a hard time limit. A job that fails for a passing reason
+(the database restarting) is retried with backoff and jitter, without counting an attempt; one
+that fails for a reason of its own is recorded as failed: an exception is never acknowledged as
+done. A job whose message the broker lost is sent again by the outbox's sweep.
 """
 
 from __future__ import annotations
@@ -18,15 +21,14 @@ from typing import Any, TypeVar
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import task_postrun, task_prerun, worker_process_shutdown, worker_ready
+from celery.signals import task_postrun, task_prerun, worker_process_shutdown
 
 from app.config import get_settings
 from app.middleware import RequestContext, request_context
-from app.models import TaskState
 from app.tasks import jobs
 from app.tasks.celery_config import create_celery
 from app.tasks.context import JobContext
-from app.tasks.runner import EMAIL_MAX_RETRIES, REQUEST_ID_HEADER, retry_delay, with_jitter
+from app.tasks.runner import REQUEST_ID_HEADER, after_failure, record_failure
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,46 +110,48 @@ def _stopped_at_soft_limit(name: str, task_id: str, kwargs: dict[str, Any]) -> N
     _run(lambda ctx: jobs.give_up(ctx, name, task_id, kwargs))
 
 
-@celery_app.task(name="inkwell.process_image", bind=True)
-def process_image(self: Task[Any, Any], /, task_id: str, image_id: int) -> dict[str, Any]:
+def _run_job(task: Task[Any, Any], name: str, task_id: str, kwargs: dict[str, Any]) -> Any:
+    """Run one job; a failure goes through the rule both runners share (`after_failure`): a
+    passing fault is retried as a new message (published before this one is acknowledged), a
+    failure of the job's own is recorded as such. No exception leaves an image `pending`."""
+    if task.request.delivery_info and task.request.delivery_info.get("redelivered"):
+        # Delivered again after its worker died mid-try: that try counts, whatever came before,
+        # and its hold on the image is taken over (its holder is dead).
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("reuse_attempt", "delivered")}
+        if name == jobs.PROCESS_IMAGE:
+            kwargs["redelivered"] = True
     try:
-        result: dict[str, Any] = _run(lambda ctx: jobs.process_image(ctx, task_id, image_id))
+        return _run(lambda ctx: jobs.JOBS[name](ctx, task_id, **kwargs))
     except SoftTimeLimitExceeded:
-        _stopped_at_soft_limit(jobs.PROCESS_IMAGE, task_id, {"image_id": image_id})
+        _stopped_at_soft_limit(name, task_id, kwargs)
         raise
-    return result
-
-
-@celery_app.task(name="inkwell.send_email", bind=True, max_retries=EMAIL_MAX_RETRIES)
-def send_email(self: Task[Any, Any], /, task_id: str, **message: Any) -> dict[str, Any]:
-    try:
-        result: dict[str, Any] = _run(lambda ctx: jobs.send_email(ctx, task_id, **message))
-    except jobs.JobBusy as exc:  # a copy of this task is being sent: look again when it is done
-        countdown = with_jitter(settings.task_time_limit_seconds)
-        raise self.retry(exc=exc, countdown=countdown, max_retries=None) from exc
-    except SoftTimeLimitExceeded:
-        _stopped_at_soft_limit(jobs.SEND_EMAIL, task_id, message)
-        raise
-    except Exception as exc:  # SMTP down, or anything else: a message is worth another try
-        retries = self.request.retries
-        state = TaskState.RETRY if retries < EMAIL_MAX_RETRIES else TaskState.FAILURE
-        error = {"error": str(exc)}
-        _run(lambda ctx: jobs.record_state(ctx, task_id, state, error))
-        if state is TaskState.FAILURE:
+    except Exception as exc:
+        step = after_failure(settings, name, kwargs, exc, task.request.retries)
+        if step.give_up:
+            logger.error("task crashed", extra={"task": name, "task_id": task_id}, exc_info=exc)
+        failure = exc
+        _run(lambda ctx: record_failure(ctx, name, task_id, step, failure))
+        if step.retry_in is None:
             raise
-        countdown = with_jitter(retry_delay(retries))
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        raise task.retry(
+            exc=exc,
+            kwargs={"task_id": task_id, **step.kwargs},
+            countdown=step.retry_in,
+            max_retries=None,  # after_failure counts the tries
+        ) from exc
+
+
+@celery_app.task(name="inkwell.process_image", bind=True, max_retries=None)
+def process_image(
+    self: Task[Any, Any], /, task_id: str, image_id: int, **extra: Any
+) -> dict[str, Any]:
+    result: dict[str, Any] = _run_job(
+        self, jobs.PROCESS_IMAGE, task_id, {"image_id": image_id, **extra}
+    )
     return result
 
 
-@worker_ready.connect
-def _sweep(**_: Any) -> None:
-    """Queue again the images left pending by a worker that died: a bounded recovery even when
-    the broker forgot the task."""
-    stuck = _run(lambda ctx: jobs.pending_images(ctx, settings.image_stuck_after_seconds))
-    for task_id, image_id in stuck:
-        process_image.apply_async(
-            kwargs={"task_id": task_id, "image_id": image_id}, queue=settings.celery_queue
-        )
-    if stuck:
-        logger.warning("queued stuck images again", extra={"count": len(stuck)})
+@celery_app.task(name="inkwell.send_email", bind=True, max_retries=None)
+def send_email(self: Task[Any, Any], /, task_id: str, **message: Any) -> dict[str, Any]:
+    result: dict[str, Any] = _run_job(self, jobs.SEND_EMAIL, task_id, message)
+    return result

@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio.to_thread
 from PIL import Image as PilImage
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 
 from app.database.types import utcnow
 from app.imaging import ImageRejected, probe, process
@@ -20,6 +20,9 @@ from app.mail import render
 from app.models import Image, ImageStatus, Task, TaskState
 from app.stores.cache import post_generations
 from app.tasks.context import JobContext
+from app.tasks.faults import RetryableError, is_transient
+
+__all__ = ["RetryableError"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +30,23 @@ PROCESS_IMAGE = "process_image"
 SEND_EMAIL = "send_email"
 
 
-class RetryableError(Exception):
-    """A failure worth trying again later (an SMTP server that is down)."""
-
-
 class JobBusy(RetryableError):
     """Another copy of this job (a redelivery, a second send) holds it: try again when its hold
     ends, without counting an attempt or touching the task."""
+
+
+class Delivered(RetryableError):
+    """An e-mail sent whose success could not be recorded: the next try only records it."""
+
+
+class Interrupted(RetryableError):
+    """An image job stopped by a passing fault (the database went away) after it counted its
+    attempt: the next try of the same job reuses that attempt (`reuse_attempt`), so that a
+    fault of a service never makes an image fail."""
+
+    def __init__(self, attempt: int) -> None:
+        super().__init__(f"interrupted at attempt {attempt}")
+        self.attempt = attempt
 
 
 class Failure(enum.StrEnum):
@@ -61,30 +74,86 @@ async def record_state(
         await db.commit()
 
 
-async def process_image(ctx: JobContext, task_id: str, image_id: int) -> dict[str, Any]:
+async def process_image(
+    ctx: JobContext,
+    task_id: str,
+    image_id: int,
+    reuse_attempt: int | None = None,
+    redelivered: bool = False,
+) -> dict[str, Any]:
     """Turn an uploaded file into its cleaned original and variants. Idempotent: only a pending
-    image is worked on, files are written atomically, a deleted image stays deleted, and
-    attempts are counted so that an image that keeps killing its worker ends `failed` instead
-    of coming back for ever."""
+    image is worked on, by one try at a time (its task holds it), files are written atomically,
+    a deleted image stays deleted, and attempts are counted so that an image that keeps killing
+    its worker ends `failed` instead of coming back for ever.
+
+    A try after a passing fault (`reuse_attempt`: the attempt that fault interrupted) does not
+    count again; a passing fault raises Interrupted. A copy of the job that finds another one
+    holding the image raises JobBusy, without counting, unless it takes that hold over: it is
+    the same message delivered again because its worker died (`redelivered`), or the try after
+    a fault of its own."""
     async with ctx.session_factory() as db:
         image = await db.get(Image, image_id)
+        if image is not None and image.task_id != task_id:
+            image = None  # not the image this job was queued for: that one is gone
         if image is not None and image.status != ImageStatus.PENDING:
             return {"image_id": image_id, "status": image.status}
     if image is None:  # deleted before its job ran: the task says so
         result = {"image_id": image_id, "status": "deleted"}
         await record_state(ctx, task_id, TaskState.SUCCESS, result)
         return result
+    attempts = await _start(ctx, task_id, image_id, reuse_attempt, redelivered)
+    if attempts is None:  # deleted, or finished by another copy, just now
+        return {"image_id": image_id, "status": "gone"}
+    try:
+        return await _process(ctx, image, attempts)
+    except Exception as exc:
+        if is_transient(exc):
+            raise Interrupted(attempts) from exc
+        raise
+
+
+async def _start(
+    ctx: JobContext, task_id: str, image_id: int, reuse_attempt: int | None, redelivered: bool
+) -> int | None:
+    """Count the attempt and hold the task, in one transaction (the image's row first, as
+    `_finish` locks them): the attempt number, or None when the image is no longer pending."""
+    counted: Any = Image.attempts + 1
+    if reuse_attempt is not None:  # the interrupted try's count stands for this one
+        counted = case((Image.attempts == reuse_attempt, Image.attempts), else_=counted)
+    now = utcnow()
+    stale = now - timedelta(seconds=ctx.settings.task_time_limit_seconds)
+    claim = update(Task).where(Task.id == task_id)
+    if not (redelivered or reuse_attempt is not None):
+        claim = claim.where(or_(Task.state != TaskState.STARTED, Task.updated_at < stale))
     async with ctx.session_factory() as db:
         attempts = await db.scalar(
             update(Image)
-            .where(Image.id == image_id, Image.status == ImageStatus.PENDING)
-            .values(attempts=Image.attempts + 1)
+            .where(
+                Image.id == image_id,
+                Image.task_id == task_id,
+                Image.status == ImageStatus.PENDING,
+            )
+            .values(attempts=counted)
             .returning(Image.attempts)
         )
+        if attempts is None:
+            await db.rollback()
+            return None
+        held = await db.scalar(
+            claim.values(state=TaskState.STARTED, result={"image_id": image_id}, updated_at=now)
+            .returning(Task.id)
+            .execution_options(synchronize_session=False)
+        )
+        if held is None:
+            state = await db.scalar(select(Task.state).where(Task.id == task_id))
+            if state == TaskState.STARTED:
+                await db.rollback()
+                raise JobBusy(f"image {image_id} is being processed by another try")
         await db.commit()
-    if attempts is None:  # deleted, or finished by another copy, just now
-        return {"image_id": image_id, "status": "gone"}
-    await record_state(ctx, task_id, TaskState.STARTED, {"image_id": image_id})
+    return int(attempts)
+
+
+async def _process(ctx: JobContext, image: Image, attempts: int) -> dict[str, Any]:
     if attempts > ctx.settings.task_max_attempts:
         detail = f"gave up after {attempts - 1} attempts"
         return await _finish(ctx, image, failure=Failure.UNPROCESSABLE, detail=detail)
@@ -175,11 +244,17 @@ async def send_email(
     to: str,
     subject: str,
     values: dict[str, str],
+    delivered: bool = False,
 ) -> dict[str, Any]:
     """Render and send one message, once: the task row is the idempotency key. A copy of the
     job that finds the message sent (or being sent) does not send it again, and every copy
     carries the same Message-ID, so that a mail server can drop a duplicate too. SMTP and
-    network errors raise RetryableError."""
+    network errors raise RetryableError; a message sent whose success could not be recorded
+    (the database went away) raises Delivered, and its next try (`delivered`) only records."""
+    result = {"to": to, "template": template}
+    if delivered:
+        await record_state(ctx, task_id, TaskState.SUCCESS, result)
+        return result
     message = render(template, to, subject, ctx.settings.smtp_from, **values)
     message.replace_header("Message-ID", f"<{task_id}@inkwell.local>")
     state = await _claim(ctx, task_id)
@@ -192,8 +267,12 @@ async def send_email(
         await ctx.mailer.send(message)
     except (OSError, smtplib.SMTPException) as exc:
         raise RetryableError(repr(exc)) from exc
-    result = {"to": to, "template": template}
-    await record_state(ctx, task_id, TaskState.SUCCESS, result)
+    try:
+        await record_state(ctx, task_id, TaskState.SUCCESS, result)
+    except Exception as exc:
+        if is_transient(exc):
+            raise Delivered(f"sent; its success not recorded: {exc!r}") from exc
+        raise
     return result
 
 
@@ -223,15 +302,23 @@ async def _claim(ctx: JobContext, task_id: str) -> TaskState | str | None:
     return TaskState(current) if current else "gone"
 
 
-async def give_up(ctx: JobContext, name: str, task_id: str, kwargs: dict[str, Any]) -> None:
-    """A job stopped at its time limit: record its failure as its owner will read it."""
+async def give_up(
+    ctx: JobContext,
+    name: str,
+    task_id: str,
+    kwargs: dict[str, Any],
+    detail: str = "over its time limit",
+    error: str = EMAIL_TIMED_OUT,
+) -> None:
+    """A job stopped at its time limit, or failed for a reason of its own: record its failure
+    as its owner will read it (an image ends `failed`, never `pending` for ever)."""
     if name == PROCESS_IMAGE:
         async with ctx.session_factory() as db:
             image = await db.get(Image, kwargs["image_id"])
         if image is not None:
-            await _finish(ctx, image, Failure.UNPROCESSABLE, detail="over its time limit")
+            await _finish(ctx, image, Failure.UNPROCESSABLE, detail=detail)
         return
-    await record_state(ctx, task_id, TaskState.FAILURE, {"error": EMAIL_TIMED_OUT})
+    await record_state(ctx, task_id, TaskState.FAILURE, {"error": error})
 
 
 async def pending_images(ctx: JobContext, older_than_seconds: int) -> list[tuple[str, int]]:

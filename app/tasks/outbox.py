@@ -9,6 +9,13 @@ the jobs it sends (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has one writer
 moving their next attempt past the time a send takes. A job may still reach the broker twice (a
 send that succeeded but could not be marked): the jobs are idempotent, keyed by their task id.
 
+A job sent whose task has not finished IMAGE_STUCK_AFTER_SECONDS later (still pending or
+retrying, or held by a try whose hold is older than the hard time limit too) was lost on its way:
+a broker without persistence that restarted, a retry that could not be published. The relays
+sweep for such jobs and send them again, claiming them the same way; a job running or done is
+left alone, and the jobs are idempotent anyway (an image is worked on while it is pending, an
+e-mail is sent once: its task row holds it).
+
 A job's arguments are stored encrypted (Fernet, with a key derived from the signing secret):
 e-mail jobs carry single-use links, and the database keeps only hashes of those.
 """
@@ -27,14 +34,14 @@ import anyio
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.database.types import utcnow
 from app.middleware import current_request_id
-from app.models import OutboxJob, Task
+from app.models import OutboxJob, Task, TaskState
 from app.tasks.runner import Job, TaskRunner, with_jitter
 
 logger = logging.getLogger(__name__)
@@ -45,6 +52,8 @@ RETRY_BASE_SECONDS = 1.0
 CLAIM_SECONDS = 30.0
 KEEP_SENT = timedelta(days=7)
 PRUNE_EVERY_SECONDS = 3600.0
+# The sweep for lost jobs runs this often at most (and four times per threshold at least).
+SWEEP_EVERY_MAX_SECONDS = 30.0
 
 
 def _sealing_key(settings: Settings) -> Fernet:
@@ -74,6 +83,10 @@ class Outbox:
         self._retry_max = settings.outbox_retry_max_seconds
         self._broker_down_until = 0.0
         self._last_prune = 0.0
+        self._stuck_after = settings.image_stuck_after_seconds
+        self._time_limit = settings.task_time_limit_seconds
+        self._sweep_every = min(SWEEP_EVERY_MAX_SECONDS, self._stuck_after / 4)
+        self._last_sweep = 0.0
         self._relay: asyncio.Task[None] | None = None
         self._attempts: dict[int, int] = {}  # of the jobs claimed last
 
@@ -105,7 +118,8 @@ class Outbox:
             logger.warning("could not mark a job sent", extra={"task_id": job.task_id})
 
     async def relay_once(self) -> int:
-        """Send the jobs that are due; how many went."""
+        """Send the jobs that are due (those lost on their way too); how many went."""
+        await self._sweep()
         jobs = await self._claim_due()
         sent: list[int] = []
         for index, job in enumerate(jobs):
@@ -151,6 +165,47 @@ class Outbox:
             )
             return False
         return True
+
+    async def sweep_once(self) -> int:
+        """Make the jobs sent but lost on their way due again; how many. A job is lost when its
+        task is still pending, or retrying, or held by a try, IMAGE_STUCK_AFTER_SECONDS after it
+        was sent (a held one also the hard time limit after its hold was taken: it is running)."""
+        now = utcnow()
+        cutoff = now - timedelta(seconds=self._stuck_after)
+        held = now - timedelta(seconds=max(self._stuck_after, self._time_limit))
+        unfinished = or_(
+            Task.state == TaskState.PENDING,
+            and_(Task.state == TaskState.RETRY, Task.updated_at <= cutoff),
+            and_(Task.state == TaskState.STARTED, Task.updated_at <= held),
+        )
+        lost = (OutboxJob.sent_at.is_not(None), OutboxJob.sent_at <= cutoff)
+        ids = (
+            select(OutboxJob.id)
+            .join(Task, Task.id == OutboxJob.task_id)
+            .where(*lost, unfinished)
+            .order_by(OutboxJob.id)
+            .limit(RELAY_BATCH)
+            .with_for_update(of=OutboxJob, skip_locked=True)
+        )
+        async with self._relay_sessions() as db:
+            rows = await db.execute(
+                update(OutboxJob)
+                .where(OutboxJob.id.in_(ids), *lost)
+                .values(sent_at=None, next_attempt_at=now)
+                .returning(OutboxJob.task_id)
+                .execution_options(synchronize_session=False)
+            )
+            found = list(rows.scalars())
+            await db.commit()
+        if found:
+            logger.warning("jobs lost on their way sent again", extra={"task_ids": found})
+        return len(found)
+
+    async def _sweep(self) -> None:
+        if time.monotonic() - self._last_sweep < self._sweep_every:
+            return
+        self._last_sweep = time.monotonic()
+        await self.sweep_once()
 
     async def _claim_due(self) -> list[Job]:
         now = utcnow()

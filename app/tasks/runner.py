@@ -20,7 +20,17 @@ from app.middleware import RequestContext, request_context
 from app.models import TaskState
 from app.tasks.celery_config import create_celery
 from app.tasks.context import JobContext
-from app.tasks.jobs import JOBS, JobBusy, RetryableError, give_up, record_state
+from app.tasks.faults import is_transient
+from app.tasks.jobs import (
+    JOBS,
+    PROCESS_IMAGE,
+    Delivered,
+    Interrupted,
+    JobBusy,
+    RetryableError,
+    give_up,
+    record_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +38,14 @@ REQUEST_ID_HEADER = "inkwell_request_id"
 EMAIL_RETRY_BASE_SECONDS = 2.0
 EMAIL_RETRY_MAX_SECONDS = 300.0
 EMAIL_MAX_RETRIES = 8
+# Tries of a job after passing faults (a database restarting, an SMTP server down), backing off
+# from two seconds to five minutes. An e-mail then fails; an image is left to the outbox's sweep,
+# which sends it again (a new delivery, a new attempt) after IMAGE_STUCK_AFTER_SECONDS.
+TRANSIENT_MAX_RETRIES = EMAIL_MAX_RETRIES
 JOB_CRASHED = "The task could not be completed."
+# What a task shows while a service it needs is away (the driver's message, with its SQL, is
+# logged and never shown).
+SERVICE_AWAY = "A service the task needs did not answer; it will be tried again."
 
 
 def retry_delay(retries: int) -> float:
@@ -40,6 +57,59 @@ def with_jitter(seconds: float) -> float:
     """Between half and all of `seconds`, so that jobs that failed together (an SMTP server or
     a broker that was down) do not all come back at the same moment."""
     return seconds * random.uniform(0.5, 1.0)  # noqa: S311 - spreading retries, not a secret
+
+
+@dataclass(frozen=True, slots=True)
+class NextStep:
+    """What follows a job's failure, in either runner."""
+
+    retry_in: float | None  # seconds until the next try; None: no more tries now
+    kwargs: dict[str, Any]  # the next try's arguments
+    state: TaskState | None = None  # recorded on the task before the next try (or the end)
+    error: str = ""
+    give_up: bool = False  # failed for a reason of its own: recorded as failed for good
+
+
+def after_failure(
+    settings: Settings, name: str, kwargs: dict[str, Any], exc: BaseException, retries: int
+) -> NextStep:
+    """The one rule both runners follow when a job raises `exc` on its `retries`-th retry.
+
+    A passing fault (`faults.is_transient`) is tried again with backoff and jitter, and does not
+    count against the job's input: an image interrupted after counting its attempt reuses that
+    attempt. Anything else is a failure of the job's own: it ends at once (an image `failed`),
+    so that no exception is ever acknowledged as done with its image left `pending`."""
+    if isinstance(exc, JobBusy):  # another copy holds it: look again when its hold ends
+        return NextStep(with_jitter(settings.task_time_limit_seconds), kwargs)
+    if not is_transient(exc):
+        return NextStep(None, kwargs, TaskState.FAILURE, JOB_CRASHED, give_up=True)
+    if isinstance(exc, Interrupted):
+        kwargs = kwargs | {"reuse_attempt": exc.attempt}
+    if isinstance(exc, Delivered):
+        kwargs = kwargs | {"delivered": True}
+    own_words = isinstance(exc, RetryableError) and not isinstance(exc, Delivered)
+    error = str(exc) if own_words else SERVICE_AWAY
+    if retries < TRANSIENT_MAX_RETRIES:
+        return NextStep(with_jitter(retry_delay(retries)), kwargs, TaskState.RETRY, error)
+    if name == PROCESS_IMAGE:  # the sweep sends it again later
+        return NextStep(None, kwargs, TaskState.RETRY, error)
+    return NextStep(None, kwargs, TaskState.FAILURE, error)
+
+
+async def record_failure(
+    ctx: JobContext, name: str, task_id: str, step: NextStep, exc: BaseException
+) -> None:
+    """Record what `after_failure` decided, as far as the database allows: a database still
+    away leaves the task as it was, and the next try (or the sweep) settles it."""
+    try:
+        if step.give_up:
+            await give_up(ctx, name, task_id, step.kwargs, detail=repr(exc), error=step.error)
+        elif step.state is not None:
+            await record_state(ctx, task_id, step.state, {"error": step.error})
+    except Exception as second:
+        if not is_transient(second):
+            raise
+        logger.warning("could not record a job's failure", extra={"task": name, "task_id": task_id})
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,30 +182,37 @@ class InProcessRunner:
     async def _attempts(self, name: str, task_id: str, kwargs: dict[str, Any]) -> TaskState:
         job = JOBS[name]
         settings = self._ctx.settings
-        attempt = 0
+        retries = 0
         while True:
+            limit = asyncio.timeout(settings.task_soft_time_limit_seconds)
             try:
-                async with asyncio.timeout(settings.task_soft_time_limit_seconds):
+                async with limit:
                     await job(self._ctx, task_id, **kwargs)
                 return TaskState.SUCCESS
-            except JobBusy:  # another copy of this job holds it: look again when its hold ends
-                await asyncio.sleep(with_jitter(settings.task_time_limit_seconds))
-            except RetryableError as exc:
-                if attempt == EMAIL_MAX_RETRIES:
-                    await record_state(self._ctx, task_id, TaskState.FAILURE, {"error": str(exc)})
-                    logger.error("task failed", extra={"task": name, "task_id": task_id})
-                    return TaskState.FAILURE
-                await record_state(self._ctx, task_id, TaskState.RETRY, {"error": str(exc)})
-                await asyncio.sleep(with_jitter(retry_delay(attempt)))
-                attempt += 1
-            except TimeoutError:
+            except Exception as exc:
+                failure = exc
+            if isinstance(failure, TimeoutError) and limit.expired():
                 logger.error("task over its time limit", extra={"task": name, "task_id": task_id})
                 await give_up(self._ctx, name, task_id, kwargs)
                 return TaskState.FAILURE
-            except Exception:
-                logger.exception("task crashed", extra={"task": name, "task_id": task_id})
-                await record_state(self._ctx, task_id, TaskState.FAILURE, {"error": JOB_CRASHED})
+            step = after_failure(settings, name, kwargs, failure, retries)
+            if step.give_up:
+                logger.error(
+                    "task crashed", extra={"task": name, "task_id": task_id}, exc_info=failure
+                )
+            await record_failure(self._ctx, name, task_id, step, failure)
+            if step.retry_in is None:
+                logger.error("task failed", extra={"task": name, "task_id": task_id})
                 return TaskState.FAILURE
+            logger.warning(
+                "task failed, will try again",
+                extra={"task": name, "task_id": task_id, "retry_in": round(step.retry_in, 2)},
+                exc_info=failure,
+            )
+            await asyncio.sleep(step.retry_in)
+            if step.state is not None:  # a copy busy elsewhere costs no retry
+                retries += 1
+            kwargs = step.kwargs
 
 
 class CeleryRunner:

@@ -82,6 +82,23 @@ class InactiveUser(Unauthorized):
     detail = "This account is deactivated."
 
 
+class RevocationPending(AppError):
+    """503: the database has ended the session(s), but Redis, where every API process looks
+    first, could not be told within REDIS_REVOCATION_WAIT_SECONDS. Not acknowledged: asking
+    again (the same request) tells Redis once it answers."""
+
+    status = 503
+    code = "revocation_pending"
+    title = "Revocation not confirmed"
+    detail = (
+        "The session has ended in the database, but not every server could be told yet; "
+        "send the same request again."
+    )
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(headers={"Retry-After": str(retry_after)})
+
+
 # --- permissions ------------------------------------------------------------------------------
 class Forbidden(AppError):
     status = 403

@@ -175,12 +175,11 @@ async def revoke(
         claims = security.tokens.decode(refresh_token, "refresh")
     except TokenExpired:
         return  # the session has ended by itself
-    ended = await _revoke(
-        db, AuthSession.id == claims.session_id, AuthSession.user_id == claims.user_id
-    )
+    await _revoke(db, AuthSession.id == claims.session_id, AuthSession.user_id == claims.user_id)
     await db.commit()
-    if ended:
-        await sessions.revoke([claims.session_id])
+    # Even when the session had ended already: a logout that answered 503 (Redis unreachable)
+    # is made good by sending it again.
+    await sessions.revoke([claims.session_id])
 
 
 async def verify(db: AsyncSession, security: Security, token: str) -> None:
@@ -258,6 +257,15 @@ async def end_session(
 ) -> None:
     ended = await _revoke(db, AuthSession.id == session_id, AuthSession.user_id == user_id)
     if not ended:
+        # Ended before, perhaps by this same request answered 503 (Redis unreachable): tell
+        # Redis again, so asking twice makes the revocation hold everywhere.
+        owned = await db.scalar(
+            select(AuthSession.id).where(
+                AuthSession.id == session_id, AuthSession.user_id == user_id
+            )
+        )
+        if owned is not None:
+            await sessions.revoke([session_id])
         raise SessionNotFound
     await db.commit()
     await sessions.revoke([session_id])

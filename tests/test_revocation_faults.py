@@ -39,8 +39,11 @@ class ScriptedRedis:
         self.epoch = 0
         self.events: list[str] = []
         self.hold_next_incr: asyncio.Event | None = None
+        self.hung = False  # every command times out
 
     async def incr(self, key: str) -> int:
+        if self.hung:
+            raise RedisTimeoutError("Timeout reading from socket")
         assert key == EPOCH_KEY
         self.events.append("incr sent")
         hold, self.hold_next_incr = self.hold_next_incr, None
@@ -49,6 +52,10 @@ class ScriptedRedis:
         self.epoch += 1
         self.events.append("incr done")
         return self.epoch
+
+    def pipeline(self, transaction: bool = True) -> HungPipeline:
+        assert self.hung, "only a hung Redis is scripted for pipelines"
+        return HungPipeline()
 
     async def aclose(self) -> None:
         return None
@@ -191,12 +198,7 @@ async def test_session_cache_refuses_to_acknowledge_a_revocation_redis_did_not_t
     scripted: tuple[RedisLink, ScriptedRedis],
 ) -> None:
     link, fake = scripted
-
-    async def hung(*_: object, **__: object) -> None:
-        raise RedisTimeoutError("Timeout reading from socket")
-
-    fake.pipeline = lambda **_: HungPipeline()  # type: ignore[attr-defined]
-    fake.incr = hung  # type: ignore[method-assign]
+    fake.hung = True
     sessions = RedisSessionCache(link, ttl_seconds=60, revoked_ttl_seconds=60)
     with pytest.raises(RevocationPending) as refused:
         await sessions.revoke([uuid.uuid4()])

@@ -175,11 +175,15 @@ async def revoke(
         claims = security.tokens.decode(refresh_token, "refresh")
     except TokenExpired:
         return  # the session has ended by itself
-    await _revoke(db, AuthSession.id == claims.session_id, AuthSession.user_id == claims.user_id)
+    ended = await _revoke(
+        db, AuthSession.id == claims.session_id, AuthSession.user_id == claims.user_id
+    )
+    # Also when the session had ended already: a logout answered 503 (Redis unreachable) is
+    # made good by sending it again.
+    tell = ended > 0 or await _owns(db, claims.user_id, claims.session_id)
     await db.commit()
-    # Even when the session had ended already: a logout that answered 503 (Redis unreachable)
-    # is made good by sending it again.
-    await sessions.revoke([claims.session_id])
+    if tell:
+        await sessions.revoke([claims.session_id])
 
 
 async def verify(db: AsyncSession, security: Security, token: str) -> None:
@@ -258,13 +262,8 @@ async def end_session(
     ended = await _revoke(db, AuthSession.id == session_id, AuthSession.user_id == user_id)
     if not ended:
         # Ended before, perhaps by this same request answered 503 (Redis unreachable): tell
-        # Redis again, so asking twice makes the revocation hold everywhere.
-        owned = await db.scalar(
-            select(AuthSession.id).where(
-                AuthSession.id == session_id, AuthSession.user_id == user_id
-            )
-        )
-        if owned is not None:
+        # Redis again, so that asking twice makes the revocation hold everywhere.
+        if await _owns(db, user_id, session_id):
             await sessions.revoke([session_id])
         raise SessionNotFound
     await db.commit()
@@ -278,6 +277,14 @@ async def end_sessions(db: AsyncSession, user_id: int, keep: uuid.UUID | None = 
     if keep is not None:
         conditions.append(AuthSession.id != keep)
     return await _revoke(db, *conditions)
+
+
+async def _owns(db: AsyncSession, user_id: int, session_id: uuid.UUID) -> bool:
+    """Whether the session is (or was) the user's: only then may Redis be told it ended."""
+    found = await db.scalar(
+        select(AuthSession.id).where(AuthSession.id == session_id, AuthSession.user_id == user_id)
+    )
+    return found is not None
 
 
 async def _revoke(db: AsyncSession, *conditions: object) -> int:

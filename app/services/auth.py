@@ -263,7 +263,9 @@ async def end_session(
     if not ended:
         # Ended before, perhaps by this same request answered 503 (Redis unreachable): tell
         # Redis again, so that asking twice makes the revocation hold everywhere.
-        if await _owns(db, user_id, session_id):
+        owned = await _owns(db, user_id, session_id)
+        await db.commit()  # nothing changed: the connection goes back before Redis is waited on
+        if owned:
             await sessions.revoke([session_id])
         raise SessionNotFound
     await db.commit()

@@ -46,9 +46,9 @@ PREFIX = "ink:"
 EPOCH_KEY = PREFIX + "gen:epoch"
 WARNING_INTERVAL_SECONDS = 30.0
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-# Between two attempts of a required write: a refused connection fails at once, a hung server
-# only after REDIS_TIMEOUT_SECONDS.
-REQUIRED_RETRY_PAUSE_SECONDS = 0.05
+# Between two attempts of a required write, doubling from the first to the last: a refused
+# connection fails at once, a hung server only after REDIS_TIMEOUT_SECONDS.
+REQUIRED_RETRY_PAUSES = (0.02, 0.2)
 
 
 class RedisUnreachable(Exception):
@@ -109,11 +109,13 @@ class RedisLink:
     async def call_required(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
         """A write that must reach Redis before the request may answer (a revocation).
 
-        Tried at once, down window or not, then again every few milliseconds (each attempt
-        bounded by REDIS_TIMEOUT_SECONDS) until `required_wait` has passed: a hang or restart
-        shorter than that delays the answer, never the write. Past it, `RedisUnreachable`.
+        Tried at once, down window or not, then again after pauses doubling from 20 ms to
+        200 ms (each attempt bounded by REDIS_TIMEOUT_SECONDS) until `required_wait` has passed:
+        a hang or restart shorter than that delays the answer, by at most a pause once Redis is
+        back, and never loses the write. Past it, `RedisUnreachable`.
         """
         deadline = time.monotonic() + self.required_wait
+        pause, longest = REQUIRED_RETRY_PAUSES
         while True:
             try:
                 if self.stale:
@@ -121,10 +123,11 @@ class RedisLink:
                 result = await operation(self.client)
             except (*UNAVAILABLE, RedisError) as exc:
                 self._mark_down(exc)
-                if time.monotonic() + REQUIRED_RETRY_PAUSE_SECONDS >= deadline:
+                if time.monotonic() + pause >= deadline:
                     self._missed(True)
                     raise RedisUnreachable(repr(exc)) from exc
-                await asyncio.sleep(REQUIRED_RETRY_PAUSE_SECONDS)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, longest)
                 continue
             self._down_until = 0.0  # it answered: no need to keep skipping it
             return result

@@ -24,7 +24,7 @@ from app.errors import RevocationPending
 from app.stores.link import EPOCH_KEY, REQUIRED_RETRY_PAUSES, RedisLink, RedisUnreachable
 from app.stores.sessions import RedisSessionCache
 from tests.conftest import SERVICES, running_app, settings_like
-from tests.factories import register, session_id
+from tests.factories import bearer, login, register, session_id
 from tests.redis_server import RedisServer
 
 RETRY_S = 0.05
@@ -271,3 +271,37 @@ async def test_logout_through_a_redis_hang_past_the_wait_is_503_then_made_up(
         assert await redis.exists(f"ink:revoked:{session_id(alice.access_token)}")
     finally:
         await redis.aclose()
+
+
+@services_only
+async def test_ending_a_session_through_a_long_hang_is_503_and_asking_again_makes_it_up(
+    settings: Settings, redis_server: RedisServer | None, client: httpx.AsyncClient
+) -> None:
+    assert redis_server is not None
+    assert redis_server.process is not None
+    # Probing for the epoch bump only after the test has asked again.
+    own = settings_like(settings, redis_revocation_wait_seconds=0.3, redis_retry_seconds=5)
+    alice = await register(client, "alice")
+    phone = await login(client, "alice")
+    phone_sid = session_id(phone["access_token"])
+    async with running_app(own) as (_, other):
+        assert (await client.get("/api/users/me", headers=bearer(phone["access_token"]))).is_success
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            refused = await other.delete(
+                f"/api/users/me/sessions/{phone_sid}", headers=alice.headers
+            )
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["code"] == "revocation_pending"
+
+        again = await other.delete(f"/api/users/me/sessions/{phone_sid}", headers=alice.headers)
+        assert again.status_code == 404, again.text  # already ended; now Redis knows it too
+    redis = Redis.from_url(redis_server.url)
+    try:
+        assert await redis.exists(f"ink:revoked:{phone_sid}")
+    finally:
+        await redis.aclose()
+    response = await client.get("/api/users/me", headers=bearer(phone["access_token"]))
+    assert response.status_code == 401, response.text

@@ -84,19 +84,21 @@ class InactiveUser(Unauthorized):
 
 class RevocationPending(AppError):
     """503: the database has ended the session(s), but Redis, where every API process looks
-    first, could not be told within REDIS_REVOCATION_WAIT_SECONDS. Not acknowledged: asking
-    again (the same request) tells Redis once it answers."""
+    first, could not be told within REDIS_REVOCATION_WAIT_SECONDS. Not acknowledged: until
+    this process reaches Redis again (or AUTH_CACHE_TTL_SECONDS pass) another one may still
+    accept the session. Logging out or ending the session again tells Redis once it answers."""
 
     status = 503
     code = "revocation_pending"
     title = "Revocation not confirmed"
-    detail = (
-        "The session has ended in the database, but not every server could be told yet; "
-        "send the same request again."
-    )
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(headers={"Retry-After": str(retry_after)})
+    def __init__(self, retry_after: int, cached_for: int) -> None:
+        super().__init__(
+            "Saved, but not every server could be told yet that the session has ended, so its "
+            f"tokens may still work for up to {cached_for} seconds. Log out or end the session "
+            "again to confirm.",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 # --- permissions ------------------------------------------------------------------------------

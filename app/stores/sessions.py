@@ -153,4 +153,5 @@ class RedisSessionCache:
         try:
             await self._link.call_required(operation)
         except RedisUnreachable as exc:
-            raise RevocationPending(max(1, math.ceil(self._link.retry_after))) from exc
+            retry_after = max(1, math.ceil(self._link.retry_after))
+            raise RevocationPending(retry_after, cached_for=self._ttl) from exc

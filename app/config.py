@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(default=0.5, gt=0)
     # After a failure Redis is skipped for this long, then tried again.
     redis_retry_seconds: float = Field(default=1.0, ge=0)
+    # A revocation (logout, ended sessions, a deactivated user) is answered only once Redis has
+    # it, since other processes trust Redis; through a hang or restart it is retried this long,
+    # then answered 503 `revocation_pending` (the database change stays). The answer comes
+    # within this plus REDIS_TIMEOUT_SECONDS: keep the sum under clients' timeouts.
+    redis_revocation_wait_seconds: float = Field(default=4.0, ge=0)
     cache_enabled: bool = True
     cache_ttl_seconds: int = Field(default=300, ge=1)
     auth_cache_ttl_seconds: int = Field(default=60, ge=1)

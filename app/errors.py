@@ -85,6 +85,25 @@ class InactiveUser(Unauthorized):
     detail = "This account is deactivated."
 
 
+class RevocationPending(AppError):
+    """503: the database has ended the session(s), but Redis, where every API process looks
+    first, could not be told within REDIS_REVOCATION_WAIT_SECONDS. Not acknowledged: until
+    this process reaches Redis again (or AUTH_CACHE_TTL_SECONDS pass) another one may still
+    accept the session. Logging out or ending the session again tells Redis once it answers."""
+
+    status = 503
+    code = "revocation_pending"
+    title = "Revocation not confirmed"
+
+    def __init__(self, retry_after: int, cached_for: int) -> None:
+        super().__init__(
+            "Saved, but not every server could be told yet that the session has ended, so its "
+            f"tokens may still work for up to {cached_for} seconds. Log out or end the session "
+            "again to confirm.",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
 # --- permissions ------------------------------------------------------------------------------
 class Forbidden(AppError):
     status = 403

@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.models import AuthSession, Post, PostLike
-from app.stores.link import RedisLink
+from app.stores.link import REQUIRED_RETRY_PAUSES, RedisLink
 from tests.conftest import SERVICES
 from tests.factories import PASSWORD, Account, bearer, create_post, login, register, session_id
 from tests.live_server import LiveServer, start_server
@@ -285,28 +286,96 @@ async def test_login_rate_limit_is_shared_by_both_processes(
 # --- Redis unreachable while both processes serve -----------------------------------------
 
 
-async def test_logout_while_redis_was_unreachable_stays_effective_on_the_other_process(
+@dataclass(frozen=True)
+class Hang:
+    """One timing of a Redis hang (SIGSTOP) around a revocation sent to A, while B holds the
+    session as live in Redis."""
+
+    name: str
+    hang_s: float  # from SIGSTOP to SIGCONT
+    a_noticed: bool = True  # A found Redis gone first: its down window is open at the logout
+    b_noticed: bool = False  # B found Redis gone too (a request of its own timed out)
+    b_back_first: bool = False  # after SIGCONT, B is on Redis again before A's down window ends
+    password_change: bool = False  # the revocation is a password change, not a logout
+
+
+HANGS = (
+    Hang("logout at once, before either process noticed", 0.4, a_noticed=False),
+    Hang("logout while A skips Redis, B idle", 0.8),
+    Hang("logout while A skips Redis, B idle, long hang", 1.7),
+    Hang("logout while A skips Redis, B noticed too", 1.2, b_noticed=True),
+    Hang("the issue's 3 s hang, B back on Redis before A", 3.0, b_noticed=True, b_back_first=True),
+    Hang("password change while A skips Redis, B idle", 0.8, password_change=True),
+)
+
+
+async def revoke_through_a_hang(
     a: httpx.AsyncClient,
     b: httpx.AsyncClient,
     server: RedisServer,
     settings: Settings,
-    redis: Redis,
+    hang: Hang,
+    n: int,
 ) -> None:
-    # Redis paused, not killed: it returns still holding B's "this session is live" entry.
-    # Only A missed a write (the revocation); B must not trust that entry when Redis returns.
-    alice = await register(a, "alice")
-    for _ in range(2):
-        assert (await b.get("/api/users/me", headers=alice.headers)).status_code == 200
-    assert await redis.exists(f"ink:session:{session_id(alice.access_token)}")
+    assert server.process is not None
+    alice = await register(a, f"alice{n}")
+    victim = alice
+    if hang.password_change:
+        tokens = await login(b, alice.username)  # a second session, the one that must end
+        victim = replace(alice, access_token=tokens["access_token"], refresh_token="")
+    for _ in range(2):  # B checked the session in the database, then remembered it in Redis
+        assert (await b.get("/api/users/me", headers=victim.headers)).status_code == 200
 
-    async with redis_paused(server, a, b):
-        revoked = await a.post("/api/token/revoke", json={"refresh_token": alice.refresh_token})
-        assert revoked.status_code == 204
-        assert (await b.get("/api/users/me", headers=alice.headers)).status_code == 401
+    async def revoke() -> httpx.Response:
+        if hang.password_change:
+            return await a.post(
+                "/api/users/me/password",
+                json={"current_password": PASSWORD, "new_password": f"a new password {n}"},
+                headers=alice.headers,
+            )
+        return await a.post("/api/token/revoke", json={"refresh_token": alice.refresh_token})
 
-    await asyncio.sleep(settings.redis_retry_seconds + 0.3)
-    response = await b.get("/api/users/me", headers=alice.headers)  # B first: A has not been back
-    assert response.status_code == 401, "a revoked token became valid again when Redis returned"
+    paused_at = time.monotonic()
+    server.process.send_signal(signal.SIGSTOP)
+    revoking: asyncio.Task[httpx.Response] | None = None
+    try:
+        if hang.b_noticed:
+            assert (await b.get("/health/ready")).json()["checks"]["redis"] == "unavailable"
+        b_down_until = time.monotonic() + settings.redis_retry_seconds
+        if hang.a_noticed:
+            assert (await a.get("/health/ready")).json()["checks"]["redis"] == "unavailable"
+        if not hang.b_back_first:
+            revoking = asyncio.create_task(revoke())
+        await asyncio.sleep(max(0.0, paused_at + hang.hang_s - time.monotonic()))
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    resumed_at = time.monotonic()
+    if hang.b_back_first:
+        # B's down window ends first: B is back on Redis and remembers the session again...
+        await asyncio.sleep(max(0.0, b_down_until + 0.05 - time.monotonic()))
+        assert (await b.get("/api/users/me", headers=victim.headers)).status_code == 200
+        revoking = asyncio.create_task(revoke())  # ... and A, still skipping Redis, revokes
+    assert revoking is not None
+    answered = await revoking
+    assert answered.status_code == 204, (hang.name, answered.text)
+    # The bound: a revocation waiting for Redis is answered at most one pause between two
+    # attempts after Redis answers again (measured: 2-20 ms), plus scheduling on a busy machine.
+    late = time.monotonic() - resumed_at
+    assert late < REQUIRED_RETRY_PAUSES[1] + 0.5, (hang.name, late)
+
+    # Acknowledged: from the very next request on, in both processes, the session has ended.
+    for client in (b, a, b):
+        response = await client.get("/api/users/me", headers=victim.headers)
+        assert response.status_code == 401, (hang.name, client is b, response.text)
+
+
+async def test_revocation_through_a_redis_hang_holds_on_the_other_process_at_once(
+    a: httpx.AsyncClient, b: httpx.AsyncClient, server: RedisServer, settings: Settings
+) -> None:
+    # Redis paused, not killed: it comes back still holding B's "this session is live" entry.
+    # A must not answer the revocation before Redis has it, even while A is skipping Redis.
+    for n, hang in enumerate(HANGS):
+        await revoke_through_a_hang(a, b, server, settings, hang, n)
 
 
 async def test_edit_while_redis_was_unreachable_is_read_on_the_other_process(
@@ -340,11 +409,18 @@ async def test_logout_while_redis_is_killed_is_seen_by_the_other_process(
         assert (await b.get("/api/users/me", headers=alice.headers)).status_code == 200
     server.stop()
 
-    revoked = await a.post("/api/token/revoke", json={"refresh_token": alice.refresh_token})
-    assert revoked.status_code == 204
+    # The logout waits for Redis (REDIS_REVOCATION_WAIT_SECONDS) and is answered once it is back.
+    revoking = asyncio.create_task(
+        a.post("/api/token/revoke", json={"refresh_token": alice.refresh_token})
+    )
+    await asyncio.sleep(0.5)
+    assert not revoking.done()
     assert (await b.get("/api/users/me", headers=alice.headers)).status_code == 401
 
     server.start()
+    assert (await revoking).status_code == 204
+    for client in (b, a, b):
+        assert (await client.get("/api/users/me", headers=alice.headers)).status_code == 401
     await asyncio.sleep(settings.redis_retry_seconds + 0.3)
     for client in (b, a, b):
         assert (await client.get("/api/users/me", headers=alice.headers)).status_code == 401

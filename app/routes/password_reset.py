@@ -40,7 +40,7 @@ async def request_reset(
     summary="Set a new password",
     description="Spend the token from the reset e-mail. Every session of the account ends.",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(400, 413, 422),
+    responses=problem_responses(400, 413, 422, 503),
 )
 async def confirm_reset(
     body: PasswordResetConfirm, db: DbSession, security: SecurityDep, backends: BackendsDep

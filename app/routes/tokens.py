@@ -132,7 +132,7 @@ router.add_api_route(
     description="Rotate: the refresh token is spent and a new pair returned. Presenting a spent "
     "refresh token again ends the whole session (reuse detection).",
     response_model=TokenPair,
-    responses=problem_responses(401, 413, 422),
+    responses=problem_responses(401, 413, 422, 503),
 )
 async def refresh(
     body: RefreshRequest, db: DbSession, security: SecurityDep, stores: StoresDep
@@ -159,9 +159,10 @@ async def verify(body: VerifyRequest, db: DbSession, security: SecurityDep) -> E
     operation_id="token-revoke",
     summary="Log out",
     description="End the session of this refresh token. Its access tokens are refused from the "
-    "next request on.",
+    "next request on, by every API process. 503 `revocation_pending`: the session has ended, "
+    "but Redis could not be told in time (`REDIS_REVOCATION_WAIT_SECONDS`); send it again.",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(401, 413, 422),
+    responses=problem_responses(401, 413, 422, 503),
 )
 async def revoke(
     body: RevokeRequest, db: DbSession, security: SecurityDep, stores: StoresDep

@@ -97,7 +97,7 @@ async def update_me(
     "rate limited per account). The new one must not be a common password. Every other session "
     "is ended.",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(400, 401, 413, 422, 429),
+    responses=problem_responses(400, 401, 413, 422, 429, 503),
 )
 async def change_password(
     body: PasswordChange,
@@ -117,7 +117,7 @@ async def change_password(
     summary="Delete my account",
     description="Deletes the account, its posts and its sessions.",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(401, 409),
+    responses=problem_responses(401, 409, 503),
 )
 async def delete_me(user: CurrentUser, db: DbSession, backends: BackendsDep) -> Response:
     await users.delete(db, backends, user)
@@ -142,7 +142,7 @@ async def list_sessions(caller: CurrentPrincipal, db: DbSession) -> list[Session
     summary="End a session",
     description="Log that session out; its tokens are refused from the next request on.",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(401, 404, 422),
+    responses=problem_responses(401, 404, 422, 503),
 )
 async def end_session(
     session_id: uuid.UUID, caller: CurrentPrincipal, db: DbSession, stores: StoresDep
@@ -213,7 +213,7 @@ async def read_user(user: UserById) -> UserPublic:
     summary="Change a user (admin)",
     description="Also `role`, `is_active` and `is_verified`. Deactivating ends every session.",
     response_model=UserOut,
-    responses=problem_responses(401, 403, 404, 409, 413, 422),
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
 )
 async def admin_update(
     _: AdminPrincipal, body: AdminUserUpdate, user: UserById, db: DbSession, stores: StoresDep
@@ -226,7 +226,7 @@ async def admin_update(
     operation_id="users-delete",
     summary="Delete a user (admin)",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(401, 403, 404, 409, 422),
+    responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
 async def admin_delete(
     _: AdminPrincipal, user: UserById, db: DbSession, backends: BackendsDep

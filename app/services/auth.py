@@ -178,8 +178,11 @@ async def revoke(
     ended = await _revoke(
         db, AuthSession.id == claims.session_id, AuthSession.user_id == claims.user_id
     )
+    # Also when the session had ended already: a logout answered 503 (Redis unreachable) is
+    # made good by sending it again.
+    tell = ended > 0 or await _owns(db, claims.user_id, claims.session_id)
     await db.commit()
-    if ended:
+    if tell:
         await sessions.revoke([claims.session_id])
 
 
@@ -258,6 +261,12 @@ async def end_session(
 ) -> None:
     ended = await _revoke(db, AuthSession.id == session_id, AuthSession.user_id == user_id)
     if not ended:
+        # Ended before, perhaps by this same request answered 503 (Redis unreachable): tell
+        # Redis again, so that asking twice makes the revocation hold everywhere.
+        owned = await _owns(db, user_id, session_id)
+        await db.commit()  # nothing changed: the connection goes back before Redis is waited on
+        if owned:
+            await sessions.revoke([session_id])
         raise SessionNotFound
     await db.commit()
     await sessions.revoke([session_id])
@@ -270,6 +279,14 @@ async def end_sessions(db: AsyncSession, user_id: int, keep: uuid.UUID | None = 
     if keep is not None:
         conditions.append(AuthSession.id != keep)
     return await _revoke(db, *conditions)
+
+
+async def _owns(db: AsyncSession, user_id: int, session_id: uuid.UUID) -> bool:
+    """Whether the session is (or was) the user's: only then may Redis be told it ended."""
+    found = await db.scalar(
+        select(AuthSession.id).where(AuthSession.id == session_id, AuthSession.user_id == user_id)
+    )
+    return found is not None
 
 
 async def _revoke(db: AsyncSession, *conditions: object) -> int:

@@ -9,6 +9,15 @@ What Redis holds may be stale after an outage: writes (invalidations, revocation
 meanwhile reached only the database. So the first successful call after an outage bumps the
 global epoch, outdating every cached answer and session check; and a process that missed a
 write probes Redis in the background until it can do that, even if it serves no request.
+
+Missed writes are counted, not flagged: an epoch bump covers the misses counted before it was
+sent, and only those, so a request that reconnects while another one's write is failing cannot
+wipe out that miss. The bump for it is still owed, and made.
+
+A revocation cannot wait for that bump: another process may already be back on Redis, reading
+a cached "session live" entry. `call_required` is for such writes: it ignores the down window
+and tries again until Redis takes the write or `REDIS_REVOCATION_WAIT_SECONDS` have passed,
+when it raises `RedisUnreachable` (the miss stays counted, so the epoch bump still follows).
 """
 
 from __future__ import annotations
@@ -37,6 +46,13 @@ PREFIX = "ink:"
 EPOCH_KEY = PREFIX + "gen:epoch"
 WARNING_INTERVAL_SECONDS = 30.0
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Between two attempts of a required write, doubling from the first to the last: a refused
+# connection fails at once, a hung server only after REDIS_TIMEOUT_SECONDS.
+REQUIRED_RETRY_PAUSES = (0.02, 0.2)
+
+
+class RedisUnreachable(Exception):
+    """A required write did not reach Redis within its wait."""
 
 
 class RedisLink:
@@ -50,16 +66,25 @@ class RedisLink:
             # otherwise the link decides when to try again.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
-        self._retry_after = settings.redis_retry_seconds
+        self.retry_after = settings.redis_retry_seconds
+        self.required_wait = settings.redis_revocation_wait_seconds
         self._down_until = 0.0
         self._last_warning = 0.0
-        # Set by an outage; cleared once the epoch has been bumped after it.
-        self._stale = False
+        # Writes this process may have missed (every failure and every skipped write counts
+        # one), and how many of them an epoch bump has covered. Only a bump that succeeded moves
+        # `_made_up`, and only up to the count it read before it was sent.
+        self._missed_writes = 0
+        self._made_up = 0
         self._probe: asyncio.Task[None] | None = None
 
     @property
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
+
+    @property
+    def stale(self) -> bool:
+        """Some write may have missed Redis, and no epoch bump sent since has covered it."""
+        return self._made_up < self._missed_writes
 
     async def call(
         self, operation: Callable[[Redis], Awaitable[T]], fallback: T, *, write: bool = False
@@ -68,7 +93,7 @@ class RedisLink:
             self._missed(write)
             return fallback
         try:
-            if self._stale:
+            if self.stale:
                 await self._outdate_everything()
             return await operation(self.client)
         except UNAVAILABLE as exc:
@@ -77,18 +102,47 @@ class RedisLink:
             return fallback
         except RedisError as exc:  # a bug or a misconfigured server, not an outage
             logger.error("redis command failed", extra={"error": repr(exc)})
-            self._stale = True
+            self._missed_writes += 1
             self._missed(write)
             return fallback
 
+    async def call_required(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
+        """A write that must reach Redis before the request may answer (a revocation).
+
+        Tried at once, down window or not, then again after pauses doubling from 20 ms to
+        200 ms (each attempt bounded by REDIS_TIMEOUT_SECONDS) until `required_wait` has passed:
+        a hang or restart shorter than that delays the answer, by at most a pause once Redis is
+        back, and never loses the write. Past it, `RedisUnreachable`.
+        """
+        deadline = time.monotonic() + self.required_wait
+        pause, longest = REQUIRED_RETRY_PAUSES
+        while True:
+            try:
+                if self.stale:
+                    await self._outdate_everything()
+                result = await operation(self.client)
+            except (*UNAVAILABLE, RedisError) as exc:
+                self._mark_down(exc)
+                if time.monotonic() + pause >= deadline:
+                    self._missed(True)
+                    raise RedisUnreachable(repr(exc)) from exc
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, longest)
+                continue
+            self._down_until = 0.0  # it answered: no need to keep skipping it
+            return result
+
     def _missed(self, write: bool) -> None:
-        if write and (self._probe is None or self._probe.done()):
+        if not write:
+            return
+        self._missed_writes += 1
+        if self._probe is None or self._probe.done():
             self._probe = asyncio.get_running_loop().create_task(self._recover())
 
     async def _recover(self) -> None:
         """Bump the epoch as soon as Redis answers again, request or no request."""
-        while self._stale:
-            await asyncio.sleep(max(self._retry_after, 0.05))
+        while self.stale:
+            await asyncio.sleep(max(self.retry_after, 0.05))
             if not self.available:
                 continue
             try:
@@ -97,13 +151,17 @@ class RedisLink:
                 self._mark_down(exc)
 
     async def _outdate_everything(self) -> None:
+        # The misses this bump covers are those counted before it is sent: a write that fails
+        # while it is in flight may have been meant to outdate an entry written after it.
+        covering = self._missed_writes
         await self.client.incr(EPOCH_KEY)
-        self._stale = False
-        logger.warning("redis is reachable again; cached entries were invalidated")
+        if covering > self._made_up:  # another bump may have covered more meanwhile
+            self._made_up = covering
+            logger.warning("redis is reachable again; cached entries were invalidated")
 
     async def ping(self) -> bool:
         try:
-            if self._stale:
+            if self.stale:
                 await self._outdate_everything()
             return bool(await self.client.ping())
         except (*UNAVAILABLE, RedisError) as exc:
@@ -111,14 +169,14 @@ class RedisLink:
             return False
 
     def _mark_down(self, exc: BaseException) -> None:
-        self._stale = True
+        self._missed_writes += 1
         now = time.monotonic()
-        self._down_until = now + self._retry_after
+        self._down_until = now + self.retry_after
         if now - self._last_warning >= WARNING_INTERVAL_SECONDS:
             self._last_warning = now
             logger.warning(
                 "redis unavailable; using fallbacks",
-                extra={"error": repr(exc), "retry_in_s": self._retry_after},
+                extra={"error": repr(exc), "retry_in_s": self.retry_after},
             )
 
     async def close(self) -> None:

@@ -9,19 +9,27 @@ The database stays the source of truth. An entry is used only if, in the same ro
   - the global epoch is unchanged (bumped when Redis returns after missing such writes).
 Entries live `AUTH_CACHE_TTL_SECONDS` at most. A Redis restart empties everything, which sends
 every check back to the database: a revoked token never becomes valid again.
+
+Markers and generation bumps are written after the database commit and *before* the request
+answers (`RedisLink.call_required`): another process may be reading its cached entry from a
+Redis this process cannot reach. Through a hang or restart shorter than
+`REDIS_REVOCATION_WAIT_SECONDS` the answer waits; past it the revocation is not acknowledged
+(`RevocationPending`, 503) and this process bumps the global epoch as soon as Redis answers it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
 
-from app.stores.link import EPOCH_KEY, PREFIX, RedisLink
+from app.errors import RevocationPending
+from app.stores.link import EPOCH_KEY, PREFIX, RedisLink, RedisUnreachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +55,12 @@ class SessionCache(Protocol):
         self, session_id: uuid.UUID, cached: CachedSession, lookup: SessionLookup
     ) -> None: ...
 
-    async def revoke(self, session_ids: Iterable[uuid.UUID]) -> None: ...
+    async def revoke(self, session_ids: Iterable[uuid.UUID]) -> None:
+        """Called after the database commit; returns once every process will see it, or raises
+        `RevocationPending`."""
 
-    async def user_changed(self, user_id: int) -> None: ...
+    async def user_changed(self, user_id: int) -> None:
+        """Like `revoke`, for every session of the user."""
 
 
 class NoSessionCache:
@@ -128,7 +139,19 @@ class RedisSessionCache:
                     pipe.delete(f"{PREFIX}session:{session_id}")
                 await pipe.execute()
 
-        await self._link.call(run, None, write=True)
+        await self._required(run)
 
     async def user_changed(self, user_id: int) -> None:
-        await self._link.call(lambda r: r.incr(f"{PREFIX}gen:user:{user_id}"), None, write=True)
+        key = f"{PREFIX}gen:user:{user_id}"
+
+        async def run(redis: Redis) -> None:
+            await redis.incr(key)
+
+        await self._required(run)
+
+    async def _required(self, operation: Callable[[Redis], Awaitable[None]]) -> None:
+        try:
+            await self._link.call_required(operation)
+        except RedisUnreachable as exc:
+            retry_after = max(1, math.ceil(self._link.retry_after))
+            raise RevocationPending(retry_after, cached_for=self._ttl) from exc

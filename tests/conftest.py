@@ -25,6 +25,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import delete, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
@@ -305,7 +306,19 @@ async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
 
 
 async def empty_tables(engine: AsyncEngine) -> None:
-    """Every table emptied (and PostgreSQL's sequences restarted)."""
+    """Every table emptied (and PostgreSQL's sequences restarted). The outbox relays of the
+    running apps read tables meanwhile, and TRUNCATE takes its locks table by table, so
+    PostgreSQL may pick the TRUNCATE as a deadlock's victim: then it runs again."""
+    for attempt in range(3):
+        try:
+            await _empty_tables(engine)
+            return
+        except DBAPIError as exc:
+            if attempt == 2 or "deadlock" not in str(exc).lower():
+                raise
+
+
+async def _empty_tables(engine: AsyncEngine) -> None:
     tables = list(reversed(Base.metadata.sorted_tables))
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":

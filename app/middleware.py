@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import BaseRoute
@@ -169,9 +170,18 @@ class BodyLimitMiddleware:
         routes: Sequence[BaseRoute],
     ) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.max_upload_bytes = max_upload_bytes
         self.upload_routes = list(_upload_routes(routes))
+        # Both limits and their errors are fixed at start-up: nothing is built per request.
+        upload_detail = f"The upload is larger than {max_upload_bytes} bytes."
+        body_detail = f"The request body is larger than {max_body_bytes} bytes."
+        self._upload_limit: tuple[int, Callable[[], PayloadTooLarge]] = (
+            form_limit(max_upload_bytes),
+            partial(PayloadTooLarge, upload_detail),
+        )
+        self._body_limit: tuple[int, Callable[[], PayloadTooLarge]] = (
+            max_body_bytes,
+            partial(BodyTooLarge, body_detail),
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -225,10 +235,8 @@ class BodyLimitMiddleware:
             scope["method"] in route.methods and route.path_regex.match(path)
             for route in self.upload_routes
         ):
-            detail = f"The upload is larger than {self.max_upload_bytes} bytes."
-            return form_limit(self.max_upload_bytes), lambda: PayloadTooLarge(detail)
-        detail = f"The request body is larger than {self.max_body_bytes} bytes."
-        return self.max_body_bytes, lambda: BodyTooLarge(detail)
+            return self._upload_limit
+        return self._body_limit
 
 
 def _upload_routes(routes: Sequence[BaseRoute]) -> Iterator[_UploadRoute]:

@@ -32,9 +32,9 @@ CONTENT_SECURITY_POLICY = (
     f"default-src 'none'; style-src 'sha256-{STYLE_HASH}'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors 'none'"
 )
+# X-Content-Type-Options: SecurityHeadersMiddleware, on every response.
 PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
     "Pragma": "no-cache",
     "Referrer-Policy": "no-referrer",

@@ -34,7 +34,7 @@ async def media_file(
         found.path,
         stat_result=found.stat,
         media_type=found.content_type,
-        headers={"Cache-Control": found.cache_control, **media.NOSNIFF},
+        headers={"Cache-Control": found.cache_control},
     )
 
 

@@ -22,8 +22,8 @@ from app.stores.cache import image_post_slot, post_public_slot
 
 # Keys are never reused: a published file's URL is cacheable for a year by anyone.
 PUBLIC_CACHE = "public, max-age=31536000, immutable"
-NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 PUBLIC, PRIVATE = b"1", b"0"
+# X-Content-Type-Options on every answer here, file or 404: SecurityHeadersMiddleware.
 
 
 class MediaNotFound(NotFound):
@@ -32,7 +32,7 @@ class MediaNotFound(NotFound):
 
     def __init__(self) -> None:
         # Not cached anywhere: the file may become public when its post is published.
-        super().__init__(headers={"Cache-Control": "no-store", **NOSNIFF})
+        super().__init__(headers={"Cache-Control": "no-store"})
 
 
 @dataclass(frozen=True, slots=True)

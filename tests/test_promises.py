@@ -7,6 +7,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.config import Settings
+from tests import images
+from tests.factories import create_post, register
+from tests.problems import assert_problem
+
 # README, Security, Headers: what the pages the e-mail links open send, so that the token in
 # their URL goes nowhere.
 PROMISED_PAGE_HEADERS = {
@@ -43,3 +48,38 @@ def test_openapi_says_a_new_email_needs_the_current_password(app: FastAPI) -> No
     ref = body["application/json"]["schema"]["$ref"]
     declared = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
     assert declared["dependentRequired"] == {"email": ["current_password"]}
+
+
+# README, Security, Bounded request bodies: an upload form has at most MAX_UPLOAD_PARTS parts.
+BOUNDARY = "promisesboundary"
+
+
+def _form(fields: int) -> bytes:
+    """An upload form: `fields` empty text fields, then the file."""
+    parts = [
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="field{i}"\r\n\r\n\r\n'.encode()
+        for i in range(fields)
+    ]
+    file_headers = (
+        'Content-Disposition: form-data; name="file"; filename="p.png"\r\n'
+        "Content-Type: image/png\r\n"
+    )
+    parts.append(f"--{BOUNDARY}\r\n{file_headers}\r\n".encode() + images.tiny_png() + b"\r\n")
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+async def test_an_upload_form_may_have_max_upload_parts_parts_and_no_more(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    author = await register(client)
+    post = await create_post(client, author)
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}", **author.headers}
+    url = f"/api/posts/{post['id']}/images"
+    limit = settings.max_upload_parts
+
+    over = await client.post(url, content=_form(limit), headers=headers)
+    problem = assert_problem(over, 413, "payload_too_large")
+    assert "parts" in problem["detail"]
+
+    at_limit = await client.post(url, content=_form(limit - 1), headers=headers)
+    assert at_limit.status_code == 202, at_limit.text

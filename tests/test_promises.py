@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from tests import images
+from tests.conftest import running_app, settings_like
 from tests.factories import create_post, register
 from tests.problems import assert_problem
 
@@ -83,3 +84,18 @@ async def test_an_upload_form_may_have_max_upload_parts_parts_and_no_more(
 
     at_limit = await client.post(url, content=_form(limit - 1), headers=headers)
     assert at_limit.status_code == 202, at_limit.text
+
+
+# SPEC §6: CORS from CORS_ORIGINS only.
+async def test_cors_answers_only_the_configured_origins(settings: Settings) -> None:
+    allowed, other = "https://app.example.com", "https://evil.example.net"
+    async with running_app(settings_like(settings, cors_origins=[allowed])) as (_, client):
+        for origin, expected in ((allowed, allowed), (other, None)):
+            preflight = await client.options(
+                "/api/posts",
+                headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+            )
+            assert preflight.headers.get("access-control-allow-origin") == expected, origin
+            simple = await client.get("/api/posts", headers={"Origin": origin})
+            assert simple.status_code == 200, simple.text
+            assert simple.headers.get("access-control-allow-origin") == expected, origin

@@ -55,7 +55,8 @@ def available() -> str | None:
 
 class PostgresServer:
     """`start()` creates the cluster and starts it; `restart()` is `pg_ctl restart -m fast`;
-    `stop()` stops it and removes everything."""
+    `stop()` stops it, keeping its data (`start()` again resumes it); `remove()` stops it and
+    removes everything."""
 
     def __init__(self) -> None:
         bindir = postgres_bindir()

@@ -191,6 +191,7 @@ async def test_requests_during_a_restart_answer_503_never_500(
     assert during > 0, summary  # requests were answered while the server went down and up
     assert sum(outcomes.values()) > before + during + LOAD_CLIENTS, summary
     # Every acknowledged post is there.
+    assert created, summary
     for post_id in created:
         assert (await client.get(f"/api/posts/{post_id}")).status_code == 200
     # And the API serves again, reads and writes alike.

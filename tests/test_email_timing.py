@@ -144,6 +144,9 @@ async def test_reset_answers_the_same_before_looking_the_address_up(
     ]
     assert known.status == unknown.status == 202
     assert known.statements_before == unknown.statements_before
+    # The counter does see the app's statements (the work after the answers): equal lists above
+    # are not merely two empty records.
+    assert count_queries.count > len(known.statements_before)
     # The work did happen afterwards, for the real account only.
     assert await reset_tokens(db, account.id) == 1
 
@@ -168,3 +171,6 @@ async def test_resend_answers_the_same_whether_or_not_the_address_is_verified(
     ]
     assert sends.status == skips.status == 202
     assert sends.statements_before == skips.statements_before
+    # The counter does see the app's statements (the work after the answers): equal lists above
+    # are not merely two empty records.
+    assert count_queries.count > len(sends.statements_before)

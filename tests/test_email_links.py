@@ -38,7 +38,10 @@ LINK = re.compile(r"(https?://[^\s\"<>]+)/(verify-email|reset-password)\?token=(
 PAGE_HEADERS = {
     "x-content-type-options": "nosniff",
     "cache-control": "no-store",
+    "pragma": "no-cache",
     "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "x-robots-tag": "noindex",
 }
 
 

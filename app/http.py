@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
+from collections import Counter
 from collections.abc import Iterator
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -33,8 +34,8 @@ async def single_valued_query(request: Request) -> None:
     """A query parameter that is not a list (`tag` is one) is given at most once: FastAPI would
     quietly keep the last of `?q=a&q=b`, answering a question nobody asked. (Parameters a route
     does not take are ignored, repeated or not.)"""
-    names = [name for name, _ in request.query_params.multi_items()]
-    repeated = {name for name in names if names.count(name) > 1}
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    repeated = {name for name, count in counts.items() if count > 1}
     route = request.scope.get("route")
     if not repeated or not isinstance(route, APIRoute):
         return

@@ -63,7 +63,7 @@ def _single_valued(route: APIRoute) -> frozenset[str]:
 def _find_single_valued(route: APIRoute) -> frozenset[str]:
     """The route's query parameters that take one value, query models' fields included."""
     found: set[str] = set()
-    for dependant in _walk(route.dependant):
+    for dependant in dependants(route.dependant):
         for param in dependant.query_params:
             annotation = param.field_info.annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -77,10 +77,11 @@ def _find_single_valued(route: APIRoute) -> frozenset[str]:
     return frozenset(found)
 
 
-def _walk(dependant: Dependant) -> Iterator[Dependant]:
+def dependants(dependant: Dependant) -> Iterator[Dependant]:
+    """A route's dependant and all its sub-dependencies, depth first."""
     yield dependant
     for child in dependant.dependencies:
-        yield from _walk(child)
+        yield from dependants(child)
 
 
 def _is_list(annotation: Any) -> bool:

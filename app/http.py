@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
+from collections import Counter
 from collections.abc import Iterator
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -33,8 +34,8 @@ async def single_valued_query(request: Request) -> None:
     """A query parameter that is not a list (`tag` is one) is given at most once: FastAPI would
     quietly keep the last of `?q=a&q=b`, answering a question nobody asked. (Parameters a route
     does not take are ignored, repeated or not.)"""
-    names = [name for name, _ in request.query_params.multi_items()]
-    repeated = {name for name in names if names.count(name) > 1}
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    repeated = {name for name, count in counts.items() if count > 1}
     route = request.scope.get("route")
     if not repeated or not isinstance(route, APIRoute):
         return
@@ -62,7 +63,7 @@ def _single_valued(route: APIRoute) -> frozenset[str]:
 def _find_single_valued(route: APIRoute) -> frozenset[str]:
     """The route's query parameters that take one value, query models' fields included."""
     found: set[str] = set()
-    for dependant in _walk(route.dependant):
+    for dependant in dependants(route.dependant):
         for param in dependant.query_params:
             annotation = param.field_info.annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -76,10 +77,11 @@ def _find_single_valued(route: APIRoute) -> frozenset[str]:
     return frozenset(found)
 
 
-def _walk(dependant: Dependant) -> Iterator[Dependant]:
+def dependants(dependant: Dependant) -> Iterator[Dependant]:
+    """A route's dependant and all its sub-dependencies, depth first."""
     yield dependant
     for child in dependant.dependencies:
-        yield from _walk(child)
+        yield from dependants(child)
 
 
 def _is_list(annotation: Any) -> bool:

@@ -5,11 +5,10 @@ components. tests/test_schemathesis.py holds the server to it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Response
-from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import get_typed_return_annotation
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -17,6 +16,7 @@ from starlette.routing import BaseRoute
 
 from app.dependencies import current_principal, optional_principal
 from app.errors import PROBLEM_JSON
+from app.http import dependants
 from app.schemas.common import NulFreeModel, forbid_nul
 from app.schemas.token import LoginRequest
 
@@ -167,7 +167,7 @@ def _optional_auth_operations(routes: Sequence[BaseRoute]) -> set[str]:
     for context in iter_route_contexts(routes):
         route = context.original_route
         if isinstance(route, APIRoute) and route.include_in_schema and route.operation_id:
-            calls = {dependant.call for dependant in _walk(route.dependant)}
+            calls = {dependant.call for dependant in dependants(route.dependant)}
             if optional_principal in calls and current_principal not in calls:
                 found.add(route.operation_id)
     return found
@@ -197,7 +197,7 @@ def _nul_free_query_parameters(routes: Sequence[BaseRoute]) -> dict[str, set[str
         route = context.original_route
         if not (isinstance(route, APIRoute) and route.include_in_schema and route.operation_id):
             continue
-        for dependant in _walk(route.dependant):
+        for dependant in dependants(route.dependant):
             for param in dependant.query_params:
                 model = param.field_info.annotation
                 if isinstance(model, type) and issubclass(model, NulFreeModel):
@@ -205,9 +205,3 @@ def _nul_free_query_parameters(routes: Sequence[BaseRoute]) -> dict[str, set[str
                         field.alias or name for name, field in model.model_fields.items()
                     )
     return found
-
-
-def _walk(dependant: Dependant) -> Iterator[Dependant]:
-    yield dependant
-    for child in dependant.dependencies:
-        yield from _walk(child)

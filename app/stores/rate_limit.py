@@ -12,6 +12,7 @@ import ipaddress
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from limits import RateLimitItem, RateLimitItemPerDay, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -146,14 +147,8 @@ class RateLimiter:
     async def retry_after(self, limit: Limit, *key: str) -> int:
         """Whole seconds until the window of a used-up limit has room again: its oldest
         counted event leaves the moving window then."""
-        ids = (limit.name, *key)
-        stats = None
-        if self._shared is not None and self._link is not None:
-            shared = self._shared
-            stats = await self._link.call(lambda _: shared.get_window_stats(limit.item, *ids), None)
-        if stats is None:
-            stats = await self._memory.get_window_stats(limit.item, *ids)
-        return max(1, math.ceil(stats.reset_time - time.time()))
+        reset_time: float = (await self._ask("get_window_stats", limit, key)).reset_time
+        return max(1, math.ceil(reset_time - time.time()))
 
     async def reset(self) -> None:
         await self._memory.storage.reset()
@@ -161,6 +156,10 @@ class RateLimiter:
             await self._link.call(lambda _: self._shared.storage.reset(), None)  # type: ignore[union-attr]
 
     async def _call(self, method: str, limit: Limit, key: tuple[str, ...]) -> bool:
+        return bool(await self._ask(method, limit, key))
+
+    async def _ask(self, method: str, limit: Limit, key: tuple[str, ...]) -> Any:
+        """One limiter call, in Redis when it answers, else in this process's memory."""
         ids = (limit.name, *key)
         if self._shared is not None and self._link is not None:
             shared = self._shared
@@ -168,5 +167,5 @@ class RateLimiter:
                 lambda _: getattr(shared, method)(limit.item, *ids), None
             )
             if result is not None:
-                return bool(result)
-        return bool(await getattr(self._memory, method)(limit.item, *ids))
+                return result
+        return await getattr(self._memory, method)(limit.item, *ids)

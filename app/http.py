@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import weakref
 from collections import Counter
 from collections.abc import Iterator
 from types import UnionType
@@ -49,15 +48,17 @@ async def single_valued_query(request: Request) -> None:
         )
 
 
-# By id(route) (routes are not hashable), with a weak reference to tell a reused id.
-_SINGLE_VALUED: dict[int, tuple[weakref.ref[APIRoute], frozenset[str]]] = {}
+_SINGLE_VALUED_ATTR = "_inkwell_single_valued"
 
 
 def _single_valued(route: APIRoute) -> frozenset[str]:
-    known = _SINGLE_VALUED.get(id(route))
-    if known is None or known[0]() is not route:
-        known = _SINGLE_VALUED[id(route)] = (weakref.ref(route), _find_single_valued(route))
-    return known[1]
+    """Worked out once per route and kept on it (routes compare by value, so they cannot key
+    a dict)."""
+    known: frozenset[str] | None = getattr(route, _SINGLE_VALUED_ATTR, None)
+    if known is None:
+        known = _find_single_valued(route)
+        setattr(route, _SINGLE_VALUED_ATTR, known)
+    return known
 
 
 def _find_single_valued(route: APIRoute) -> frozenset[str]:

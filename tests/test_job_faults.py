@@ -89,6 +89,8 @@ def wrapped(cause: BaseException) -> Exception:
         lost_connection(),
         sa.OperationalError("SELECT 1", None, ConnectionRefusedError()),
         invalidated(),
+        # A database that cannot serve (SQLSTATE class 53), as the request path judges it too.
+        sa.DBAPIError("INSERT", None, asyncpg.exceptions.DiskFullError("disk full"), False),
         asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"),
         asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator"),
         asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),

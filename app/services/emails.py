@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.database.types import utcnow
 from app.errors import AppError, EmailTaken
-from app.models import EmailToken, TokenPurpose, User
+from app.models import EmailToken, OutboxJob, TokenPurpose, User
 from app.security import fingerprint
 from app.services import auth, tasks
 from app.services.backends import Backends
@@ -74,7 +74,7 @@ async def send_email_change(db: AsyncSession, backends: Backends, user: User) ->
     """Tell the current address that a change to `pending_email` was asked for, and send the
     pending address its link."""
     assert user.pending_email is not None
-    await _queue(
+    notice = _record(
         db,
         backends.outbox,
         user,
@@ -82,10 +82,12 @@ async def send_email_change(db: AsyncSession, backends: Backends, user: User) ->
         subject="Your e-mail address is being changed",
         values={"new_email": user.pending_email},
     )
-    await _send_pending_verification(db, backends, user)
+    await _send_pending_verification(db, backends, user, notice)
 
 
-async def _send_pending_verification(db: AsyncSession, backends: Backends, user: User) -> None:
+async def _send_pending_verification(
+    db: AsyncSession, backends: Backends, user: User, *earlier: OutboxJob
+) -> None:
     """The link for the pending address; if another account has that address, its owner gets a
     notice instead. The caller's answer is the same either way: no oracle of who has an
     account, and no link that could only fail."""
@@ -100,6 +102,7 @@ async def _send_pending_verification(db: AsyncSession, backends: Backends, user:
             template="email_in_use",
             subject="Someone tried to use your e-mail address",
             values={},
+            earlier=earlier,
         )
         return
     hours = settings.email_verify_token_hours
@@ -114,6 +117,7 @@ async def _send_pending_verification(db: AsyncSession, backends: Backends, user:
         subject="Confirm your new e-mail address",
         values={"link": _link(settings, "verify-email", token), "hours": str(hours)},
         to=pending,
+        earlier=earlier,
     )
 
 
@@ -240,20 +244,36 @@ async def _queue(
     values: dict[str, str],
     *,
     to: str | None = None,
+    earlier: tuple[OutboxJob, ...] = (),
 ) -> str:
-    task = tasks.new(db, SEND_EMAIL, user.id)
-    job = outbox.record(
+    """Record the message, commit, and send it (with the `earlier` ones recorded, not sent)."""
+    job = _record(db, outbox, user, template, subject, values, to=to)
+    await db.commit()  # the messages are recorded with the change they are about
+    for recorded in (*earlier, job):
+        await outbox.dispatch(recorded)
+    return job.task.id
+
+
+def _record(
+    db: AsyncSession,
+    outbox: Outbox,
+    user: User,
+    template: str,
+    subject: str,
+    values: dict[str, str],
+    *,
+    to: str | None = None,
+) -> OutboxJob:
+    """The message's task and job, in the caller's transaction."""
+    return outbox.record(
         db,
-        task,
+        tasks.new(db, SEND_EMAIL, user.id),
         SEND_EMAIL,
         template=template,
         to=to or user.email,
         subject=subject,
         values={"username": user.username, **values},
     )
-    await db.commit()  # the message is recorded with the change it is about
-    await outbox.dispatch(job)
-    return task.id
 
 
 def _link(settings: Settings, page: str, token: str) -> str:

@@ -14,6 +14,8 @@ import kombu.exceptions
 import redis.exceptions
 from sqlalchemy import exc as sa
 
+from app.database.session import unavailable
+
 # Errors of the PostgreSQL client that mean the connection, not the statement, failed.
 _ASYNCPG_CONNECTION = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -44,13 +46,11 @@ class RetryableError(Exception):
 def _transient_itself(exc: BaseException) -> bool:
     if isinstance(exc, (RetryableError, *_SERVICE_CONNECTION, *_ASYNCPG_CONNECTION)):
         return True
-    if isinstance(exc, sa.DBAPIError):
-        # A connection that was lost, or refused, or a database that is restarting; not a
-        # statement the database refused (constraint, syntax, data).
-        return exc.connection_invalidated or isinstance(
-            exc, sa.OperationalError | sa.InterfaceError
-        )
-    if isinstance(exc, sa.DisconnectionError | sa.TimeoutError):  # a pool out of connections
+    if isinstance(exc, sa.DBAPIError | sa.TimeoutError):
+        # A connection that was lost, or refused, a database that is restarting, a pool out of
+        # connections; not a statement the database refused (constraint, syntax, data).
+        return unavailable(exc)
+    if isinstance(exc, sa.DisconnectionError):
         return True
     if isinstance(exc, asyncpg.exceptions.InterfaceError):
         return "closed" in str(exc) or "connection" in str(exc).lower()

@@ -19,6 +19,8 @@ class OutboxJob(Base):
     __tablename__ = "outbox"
     __table_args__ = (
         Index(None, "sent_at", "next_attempt_at"),  # the relay looks for due, unsent jobs
+        # The sweep goes from unfinished tasks to their jobs; deleting a task cascades here.
+        Index(None, "task_id"),
         {"sqlite_autoincrement": True},
     )
 

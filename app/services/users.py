@@ -224,7 +224,7 @@ async def _request_email_change(
         return
     # Whether another account has the address is not told here (that would make this route an
     # oracle of who has an account): emails.verify refuses it when the link is used.
-    # Committed with the first e-mail queued, not apart from it.
+    # Committed with the e-mails queued about it, in one transaction.
     user.pending_email = new_email
     await emails.send_email_change(db, backends, user)
 

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 PROCESS_IMAGE = "process_image"
 SEND_EMAIL = "send_email"
+JOB_NAMES = (PROCESS_IMAGE, SEND_EMAIL)
 
 
 class JobBusy(RetryableError):

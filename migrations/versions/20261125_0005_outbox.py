@@ -39,8 +39,10 @@ def upgrade() -> None:
     )
     # The relay looks for the jobs not sent yet whose next attempt is due.
     op.create_index(op.f("ix_outbox_sent_at_next_attempt_at"), "outbox", ["sent_at", "next_attempt_at"])
+    op.create_index(op.f("ix_outbox_task_id"), "outbox", ["task_id"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_outbox_task_id"), table_name="outbox")
     op.drop_index(op.f("ix_outbox_sent_at_next_attempt_at"), table_name="outbox")
     op.drop_table("outbox")

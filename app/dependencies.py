@@ -13,7 +13,6 @@ from app.config import Settings
 from app.database.session import session_scope
 from app.database.types import MAX_ID
 from app.errors import AdminRequired, Unauthorized
-from app.middleware import set_user
 from app.models import Post, User
 from app.schemas.common import PageQuery
 from app.schemas.post import PostQuery
@@ -21,6 +20,7 @@ from app.services import auth, posts, users
 from app.services.backends import Backends
 from app.services.security import Client, Security
 from app.stores import Stores
+from app.web.middleware import set_user
 
 _bearer = OAuth2PasswordBearer(
     tokenUrl="/api/token",

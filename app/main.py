@@ -12,21 +12,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp
 
-from app import password_policy
 from app.config import Settings, get_settings
+from app.core import password_policy
+from app.core.logging import configure_logging
+from app.core.mail import build_mailer
+from app.core.media import LocalMedia
 from app.database.session import (
     create_engine,
     create_read_session_factory,
     create_session_factory,
 )
-from app.docs import install_docs
 from app.errors import AppError, install_error_handlers
-from app.http import single_valued_query
-from app.logging_setup import configure_logging
-from app.mail import build_mailer
-from app.media import LocalMedia
-from app.middleware import BodyLimitMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
-from app.openapi import install_openapi
 from app.routes import (
     health,
     images,
@@ -47,6 +43,10 @@ from app.tasks.context import JobContext
 from app.tasks.jobs import PROCESS_IMAGE, pending_images
 from app.tasks.outbox import Outbox
 from app.tasks.runner import InProcessRunner, TaskRunner, build_runner
+from app.web.docs import install_docs
+from app.web.http import single_valued_query
+from app.web.middleware import BodyLimitMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
+from app.web.openapi import install_openapi
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
-"""Inkwell's image benchmark: `app.imaging.process` per worker process, beside Pillow's decode.
+"""Inkwell's image benchmark: `app.core.imaging.process` per worker process, beside Pillow's decode.
 
 Generates two inputs in a temporary directory, deterministically (a seeded generator, no files
 from outside): a 12-megapixel photo-like JPEG (4000x3000, quality 90, with an EXIF block) and a
 2-megapixel PNG (1732x1155 RGB). For each it times Pillow's plain full decode
-(`Image.open(path).load()`) and then `app.imaging.process(path, format, out_dir)`, the work one
+(`Image.open(path).load()`) and then `app.core.imaging.process(path, format, out_dir)`, the work one
 worker process does per uploaded image minus the database round trips, each the median of
 `--runs` runs in this one process after one unmeasured warm-up. Prints images/s per worker
 process (1 / median process time) and the ratio of one process to one decode, and writes the
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/images.py` puts bench/, not the root, on the path
     sys.path.insert(0, str(ROOT))
 
-from app.imaging import process  # noqa: E402
+from app.core.imaging import process  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench" / "results"
 SEED = 20240607
@@ -234,7 +234,7 @@ def table(rows: list[Row]) -> str:
 
 def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="app.imaging.process per worker process, beside Pillow's plain decode.",
+        description="app.core.imaging.process per worker process, beside Pillow's plain decode.",
     )
     parser.add_argument("--runs", type=int, default=7, help="measured runs per figure (median)")
     parser.add_argument("--quick", action="store_true", help="3 runs per figure")
@@ -264,14 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     options.output.write_text(json.dumps(report, indent=2) + "\n")
     print()
     print(
-        f"Inkwell image benchmark, {started_at}: app.imaging.process in one process, median of "
-        f"{options.runs} runs, Pillow {env['pillow']}, libjpeg-turbo "
+        f"Inkwell image benchmark, {started_at}: app.core.imaging.process in one process, "
+        f"median of {options.runs} runs, Pillow {env['pillow']}, libjpeg-turbo "
         f"{env['libjpeg_turbo']}, libwebp {env['libwebp']}, Python {env['python']}"
     )
     print()
     print(table(rows))
     print()
-    print("decode ms: Image.open(path).load(), full size. process ms: app.imaging.process, the")
+    print(
+        "decode ms: Image.open(path).load(), full size. process ms: app.core.imaging.process, the"
+    )
     print("cleaned original and the large, medium and thumb WebP variants written to disk.")
     print("images/s/process = 1 / process ms; x one decode = process ms / decode ms.")
     print()

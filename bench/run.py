@@ -226,7 +226,7 @@ async def seed(url: str, settings_overrides: dict[str, str], posts: int) -> Seed
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from app.config import Settings
-    from app.security import Passwords
+    from app.core.security import Passwords
 
     # The API's own environment, so the hashes carry the parameters the API will use.
     overrides: dict[str, Any] = {k.lower(): v for k, v in settings_overrides.items()}

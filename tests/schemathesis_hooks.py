@@ -23,7 +23,7 @@ from PIL import Image
 from schemathesis import Case
 from schemathesis.auths import AuthContext
 
-from app import password_policy
+from app.core import password_policy
 
 PASSWORD = "fuzzing is believing, 42 times"
 TIMEOUT_S = 10.0

@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import password_policy
 from app.config import Settings
+from app.core import password_policy
+from app.core.security import Passwords
 from app.models import User
-from app.security import Passwords
 from tests.factories import PASSWORD, register
 from tests.problems import assert_problem
 

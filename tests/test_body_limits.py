@@ -23,7 +23,7 @@ from app.config import Settings
 from app.main import create_app
 from app.models import AuthSession, User
 from app.models import Image as ImageRow
-from app.uploads import FORM_OVERHEAD_BYTES, MAX_FIELD_BYTES, MAX_PART_HEADER_LINE_BYTES
+from app.web.uploads import FORM_OVERHEAD_BYTES, MAX_FIELD_BYTES, MAX_PART_HEADER_LINE_BYTES
 from tests import images
 from tests.conftest import settings_env, settings_like
 from tests.factories import PASSWORD, Account, create_post, register

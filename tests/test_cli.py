@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.cli.seed import SEED_EMAIL_DOMAIN
 from app.config import Settings
 from app.models import Post, User
 from app.models.post import post_tag
 from app.schemas.user import PasswordResetRequest
-from app.services.seed import SEED_EMAIL_DOMAIN
 from tests.conftest import ROOT, settings_env
 from tests.factories import create_post, login, register
 

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.security import Passwords
+from app.core.security import Passwords
 from tests.live_server import ROOT
 
 STRONG_SECRET = "s" * 40

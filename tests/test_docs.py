@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.docs import ASSETS_URL
+from app.web.docs import ASSETS_URL
 from tests.conftest import running_app
 from tests.factories import PASSWORD, register
 

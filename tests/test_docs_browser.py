@@ -43,7 +43,7 @@ from playwright.async_api import (
 )
 
 from app.config import Settings
-from app.docs import ASSETS_URL
+from app.web.docs import ASSETS_URL
 from tests.conftest import ON_CI, ROOT, settings_env, tidied_up_after
 from tests.factories import PASSWORD
 from tests.images import tiny_png

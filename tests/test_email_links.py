@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
-import app.__main__ as cli_module
+import app.cli.commands as cli_module
 from app.config import Settings, get_settings
 from app.models import User
 from tests.conftest import running_app, settings_env, settings_like
@@ -153,7 +153,7 @@ def test_run_serves_and_links_on_the_port_it_is_given(monkeypatch: pytest.Monkey
         served.update(options, settings=get_settings())
 
     monkeypatch.setattr("uvicorn.run", fake_uvicorn_run)
-    monkeypatch.setattr("app.logging_setup.configure_logging", lambda **_: None)
+    monkeypatch.setattr("app.core.logging.configure_logging", lambda **_: None)
     result = CliRunner().invoke(cli_module.cli, ["run", "--port", "9137"])
     assert result.exit_code == 0, result.output
     assert served["port"] == 9137

@@ -18,8 +18,8 @@ from PIL import ExifTags, Image
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import imaging
 from app.config import Settings
+from app.core import imaging
 from app.main import create_app
 from app.models import Image as ImageRow
 from app.models import ImageStatus

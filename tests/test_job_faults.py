@@ -27,8 +27,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.core.imaging import ImageRejected
 from app.database.types import utcnow
-from app.imaging import ImageRejected
 from app.models import ImageStatus, OutboxJob, Task, TaskState
 from app.services import tasks
 from app.tasks import jobs

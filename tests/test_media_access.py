@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.media import LocalMedia
+from app.core.media import LocalMedia
 from tests import images
 from tests.conftest import running_app, settings_like
 from tests.factories import Account, create_post, make_admin, register

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app import imaging
+from app.core import imaging
 from tests import images
 from tests.images import CANARY, canary
 

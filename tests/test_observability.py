@@ -25,14 +25,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.logging_setup import JsonFormatter, KeyValueFormatter, _RequestContextFilter
+from app.core.logging import JsonFormatter, KeyValueFormatter, _RequestContextFilter
+from app.core.metrics import UNMATCHED_ROUTE
 from app.main import create_app
-from app.metrics import UNMATCHED_ROUTE
-from app.middleware import RequestContext, request_context
 from app.models import Task
 from app.routes import health as health_routes
 from app.services import tasks as task_service
 from app.tasks.jobs import PROCESS_IMAGE
+from app.web.middleware import RequestContext, request_context
 from tests import images
 from tests.conftest import SERVICES, running_app, settings_env
 from tests.factories import PASSWORD, Account, create_post, register
@@ -670,7 +670,7 @@ async def test_lines_logged_inside_a_job_carry_the_request_id_of_its_own_request
 ) -> None:
     # The e-mail job logs "e-mail sent" from inside the job. One request after another: a
     # worker process must not keep the request id of the first job it ever ran.
-    capture_with_request_context(caplog, "app.mail")
+    capture_with_request_context(caplog, "app.core.mail")
     offset = _log_size(celery_worker)
     request_ids = [trace_id() for _ in range(3)]
     for request_id in request_ids:

@@ -22,12 +22,12 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import imaging
 from app.config import Settings
+from app.core import imaging
+from app.core.mail import build_mailer
+from app.core.media import LocalMedia
 from app.database.session import create_engine, create_session_factory
 from app.database.types import utcnow
-from app.mail import build_mailer
-from app.media import LocalMedia
 from app.models import Image, ImageStatus, OutboxJob, Task, TaskState
 from app.services import tasks
 from app.tasks import jobs

@@ -25,8 +25,8 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.core.security import Passwords
 from app.models import Post, PostLike, User
-from app.security import Passwords
 from tests.conftest import SERVICES, settings_env
 from tests.factories import PASSWORD, Account, bearer, create_post, login, register
 from tests.images import jpeg, png, wait_until_processed

@@ -19,8 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.core.security import fingerprint
 from app.models import AuthSession
-from app.security import fingerprint
 from tests.factories import PASSWORD, Account, login, register, session_id, stored_sessions
 from tests.problems import assert_problem
 

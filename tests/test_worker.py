@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.media import LocalMedia
+from app.core.media import LocalMedia
 from app.models import Image, ImageStatus, Task, TaskState
 from tests.conftest import (
     ON_CI,

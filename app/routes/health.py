@@ -7,7 +7,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import metrics as prometheus
+from app.core import metrics as prometheus
 from app.dependencies import BackendsDep
 from app.errors import UNAVAILABLE_RETRY_AFTER_S, NotFound, problem
 from app.schemas.common import problem_responses

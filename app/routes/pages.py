@@ -12,9 +12,9 @@ from pydantic import ValidationError
 
 from app.dependencies import BackendsDep, DbSession, SecurityDep
 from app.errors import AppError
-from app.pages import error_list, message, page
 from app.schemas.user import PasswordResetConfirm, TokenBody
 from app.services import emails
+from app.web.pages import error_list, message, page
 
 router = APIRouter(include_in_schema=False)
 

@@ -16,10 +16,10 @@ from app.dependencies import (
     StoresDep,
     VisiblePost,
 )
-from app.http import conditional_json
 from app.schemas.common import Page, problem_responses
 from app.schemas.post import PostCreate, PostOut, PostPatch, PostReplace
 from app.services import posts
+from app.web.http import conditional_json
 
 router = APIRouter(prefix="/api/posts", tags=["posts"])
 

@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from app import password_policy
+from app.core import password_policy
 from app.schemas.common import PatchModel, RequestModel
 from app.schemas.token import TokenPair
 

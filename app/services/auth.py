@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.security import IssuedToken, TokenClaims, fingerprint
 from app.database.types import utcnow
 from app.errors import (
     InactiveUser,
@@ -20,7 +21,6 @@ from app.errors import (
 from app.models import AuthSession, Role, User
 from app.schemas.token import TokenPair
 from app.schemas.user import SessionOut
-from app.security import IssuedToken, TokenClaims, fingerprint
 from app.services.security import Client, Security
 from app.stores.rate_limit import RateLimiter, client_network
 from app.stores.sessions import CachedSession, SessionCache

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.media import LocalMedia
+from app.core.media import LocalMedia
 from app.services.security import Security
 from app.stores import Stores
 from app.tasks.outbox import Outbox

@@ -12,10 +12,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.core.security import fingerprint
 from app.database.types import utcnow
 from app.errors import AppError, EmailTaken
 from app.models import EmailToken, OutboxJob, TokenPurpose, User
-from app.security import fingerprint
 from app.services import auth, tasks
 from app.services.backends import Backends
 from app.services.security import Client, Security

@@ -12,16 +12,16 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.core.imaging import ImageRejected, probe, sniff
+from app.core.media import LocalMedia
 from app.errors import AppError, Conflict, NotFound, UnsupportedMediaType
-from app.imaging import ImageRejected, probe, sniff
-from app.media import LocalMedia
 from app.models import Image, ImageStatus, Post
 from app.schemas.image import ImageOut, VariantOut
 from app.services import tasks
 from app.services.backends import Backends
 from app.stores.cache import post_generations
 from app.tasks.jobs import PROCESS_IMAGE
-from app.uploads import receive_file
+from app.web.uploads import receive_file
 
 MAX_ALT = 300
 

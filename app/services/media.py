@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import anyio.to_thread
 from sqlalchemy import select
 
+from app.core.media import content_type
 from app.errors import NotFound
-from app.media import content_type
 from app.models import Image, Post
 from app.services.backends import Backends
 from app.stores.cache import image_post_slot, post_public_slot

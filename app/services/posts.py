@@ -10,10 +10,10 @@ from sqlalchemy import ColumnElement, Select, delete, exists, false, func, or_, 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
+from app.core.media import LocalMedia
 from app.database.types import utcnow
 from app.database.upsert import insert_ignoring_conflicts
 from app.errors import Forbidden, NotPostAuthor, PostNotFound
-from app.media import LocalMedia
 from app.models import Post, PostLike, Tag, User, post_tag
 from app.schemas.common import Page
 from app.schemas.post import (

@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.config import Settings
-from app.security import Passwords, Tokens
+from app.core.security import Passwords, Tokens
 
 
 @dataclass(frozen=True, slots=True)

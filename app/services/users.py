@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import password_policy
+from app.core import password_policy
 from app.errors import (
     AdminSetupRefused,
     EmailTaken,

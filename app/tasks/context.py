@@ -5,9 +5,9 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.core.mail import Mailer, build_mailer
+from app.core.media import LocalMedia
 from app.database.session import create_engine, create_session_factory
-from app.mail import Mailer, build_mailer
-from app.media import LocalMedia
 from app.stores import Stores
 
 

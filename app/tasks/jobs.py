@@ -14,9 +14,9 @@ import anyio.to_thread
 from PIL import Image as PilImage
 from sqlalchemy import and_, case, or_, select, update
 
+from app.core.imaging import ImageRejected, probe, process
+from app.core.mail import render
 from app.database.types import utcnow
-from app.imaging import ImageRejected, probe, process
-from app.mail import render
 from app.models import Image, ImageStatus, Task, TaskState
 from app.stores.cache import post_generations
 from app.tasks.context import JobContext

@@ -15,8 +15,7 @@ from typing import Any, Protocol
 import anyio.to_thread
 
 from app.config import Settings
-from app.metrics import TASKS_QUEUED
-from app.middleware import RequestContext, request_context
+from app.core.metrics import TASKS_QUEUED
 from app.models import TaskState
 from app.tasks.celery_config import create_celery
 from app.tasks.context import JobContext
@@ -31,6 +30,7 @@ from app.tasks.jobs import (
     give_up,
     record_state,
 )
+from app.web.middleware import RequestContext, request_context
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import metrics
+from app.core import metrics
 from app.errors import BodyTooLarge, PayloadTooLarge, problem
-from app.uploads import form_limit
+from app.web.uploads import form_limit
 
 REQUEST_ID_HEADER = b"x-request-id"
 MULTIPART = "multipart/form-data"

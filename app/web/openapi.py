@@ -16,9 +16,9 @@ from starlette.routing import BaseRoute
 
 from app.dependencies import current_principal, optional_principal
 from app.errors import PROBLEM_JSON
-from app.http import dependants
 from app.schemas.common import NulFreeModel, forbid_nul
 from app.schemas.token import LoginRequest
+from app.web.http import dependants
 
 # Bodies parsed by hand (JSON or a form) and referenced from `openapi_extra`.
 _REFERENCED_ONLY = (LoginRequest,)

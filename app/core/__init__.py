@@ -1,0 +1,1 @@
+"""Infrastructure with no HTTP: security, imaging, mail, media storage, logging, metrics."""

@@ -1,0 +1,1 @@
+"""HTTP plumbing: middleware, problem+json rendering, uploads parsing, docs and pages."""

@@ -18,7 +18,7 @@ import anyio.to_thread
 from app.config import Settings
 
 logger = logging.getLogger(__name__)
-TEMPLATES = Path(__file__).parent / "templates" / "email"
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "email"
 
 
 def render(template: str, to: str, subject: str, sender: str, **values: str) -> EmailMessage:

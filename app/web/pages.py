@@ -15,7 +15,7 @@ from string import Template
 
 from fastapi.responses import HTMLResponse
 
-TEMPLATES = Path(__file__).parent / "templates" / "pages"
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "pages"
 
 
 @cache

@@ -15,6 +15,7 @@ from app.dependencies import (
 from app.schemas.common import problem_responses
 from app.schemas.image import ImageOut
 from app.services import images
+from app.web.uploads import receive_file
 
 router = APIRouter(prefix="/api/posts/{post_id}/images", tags=["images"])
 
@@ -63,7 +64,24 @@ async def upload_image(
     db: DbSession,
     backends: BackendsDep,
 ) -> ImageOut:
-    image = await images.upload(db, backends, post, caller.id, request)
+    settings = backends.settings
+    await images.ensure_room(db, backends, post=post)  # before the body streams in
+    received = await receive_file(
+        request,
+        settings.uploads_path,
+        settings.max_upload_bytes,
+        max_parts=settings.max_upload_parts,
+    )
+    image = await images.upload(
+        db,
+        backends,
+        post=post,
+        user_id=caller.id,
+        file=received.path,
+        size=received.size,
+        head=received.head,
+        alt=received.fields.get("alt", ""),
+    )
     response.headers["Location"] = f"/api/posts/{post.id}/images/{image.id}"
     return image
 

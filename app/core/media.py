@@ -80,8 +80,9 @@ class MediaStorage(Protocol):
         """Whether `key`'s processed file `filename` is stored."""
 
     async def find(self, key: str, filename: str) -> StoredFile | None:
-        """A processed file to serve, or None when the names are not such a file's, or it is
-        not there."""
+        """A processed file for this process to serve at MEDIA_URL, or None when the names are
+        not such a file's, or it is not there. (Object storage would answer None and point its
+        URLs at the bucket or a CDN.)"""
 
     def url(self, key: str, filename: str) -> str:
         """The public URL of a published post's file."""
@@ -150,8 +151,12 @@ class LocalMedia:
         return self.image_dir(key) / filename if is_object_name(key, filename) else None
 
     async def save_upload(self, key: str, source: Path) -> None:
-        # The uploads directory is where the request streamed it: a rename, never a copy.
-        await anyio.to_thread.run_sync(source.replace, self.upload_path(key))
+        # Uploads stream into the uploads directory: a rename there, never a copy.
+        def move() -> None:
+            self.uploads.mkdir(parents=True, exist_ok=True)
+            source.replace(self.upload_path(key))
+
+        await anyio.to_thread.run_sync(move)
 
     @asynccontextmanager
     async def original(self, key: str) -> AsyncIterator[Path]:

@@ -97,7 +97,7 @@ async def upload_image(
 async def read_image(
     post: VisiblePost, image_id: ImageId, db: DbSession, backends: BackendsDep
 ) -> ImageOut:
-    return await images.get_out(db, backends.media, post, image_id)
+    return await images.get_out(db, backends, post=post, image_id=image_id)
 
 
 @router.delete(
@@ -111,5 +111,5 @@ async def read_image(
 async def delete_image(
     post: OwnedPost, image_id: ImageId, db: DbSession, backends: BackendsDep
 ) -> Response:
-    await images.delete(db, backends, await images.get(db, post, image_id))
+    await images.delete(db, backends, await images.get(db, post=post, image_id=image_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -148,15 +148,16 @@ async def upload(
     return to_out(image, media, public=post.published)
 
 
-async def get(db: AsyncSession, post: Post, image_id: int) -> Image:
+async def get(db: AsyncSession, *, post: Post, image_id: int) -> Image:
     image = await db.scalar(select(Image).where(Image.id == image_id, Image.post_id == post.id))
     if image is None:
         raise ImageNotFound
     return image
 
 
-async def get_out(db: AsyncSession, media: MediaStorage, post: Post, image_id: int) -> ImageOut:
-    return to_out(await get(db, post, image_id), media, public=post.published)
+async def get_out(db: AsyncSession, backends: Backends, *, post: Post, image_id: int) -> ImageOut:
+    image = await get(db, post=post, image_id=image_id)
+    return to_out(image, backends.media, public=post.published)
 
 
 async def delete(db: AsyncSession, backends: Backends, image: Image) -> None:

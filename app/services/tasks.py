@@ -46,7 +46,8 @@ async def fail(sessions: async_sessionmaker[AsyncSession], task_id: str, *, erro
     await record(sessions, task_id, state=TaskState.FAILURE, result={"error": error})
 
 
-async def get(db: AsyncSession, task_id: str, user_id: int) -> TaskOut:
+async def get(db: AsyncSession, *, task_id: str, user_id: int) -> TaskOut:
+    """The task, if `user_id` queued it (404 otherwise, whether or not it exists)."""
     task = await db.get(Task, task_id)
     if task is None or task.user_id != user_id:
         raise TaskNotFound

@@ -17,6 +17,7 @@ from app.config import Settings
 from app.models import User
 from tests.conftest import running_app, settings_like
 from tests.factories import bearer, create_post, login, register, session_id
+from tests.test_observability import REQUESTS, scrape
 
 USERS = "/conduit/api/users"
 USER = "/conduit/api/user"
@@ -399,3 +400,13 @@ async def test_cors_for_conduit_follows_cors_origins(settings: Settings) -> None
             tags = await client.get("/conduit/api/tags", headers={"Origin": origin})
             assert tags.status_code == 200, tags.text
             assert tags.headers.get("access-control-allow-origin") == expected, origin
+
+
+async def test_metrics_name_conduit_routes_apart_from_apis(client: httpx.AsyncClient) -> None:
+    await conduit_register(client)
+    await register(client, "anna")
+    await client.get("/conduit/api/tags")
+    await client.get("/conduit/api/nothing/42")
+    routes = {dict(labels)["route"] for labels in (await scrape(client)).series(REQUESTS)}
+    assert {"/conduit/api/users", "/api/users", "/conduit/api/tags", "/conduit/{path}"} <= routes
+    assert not any("42" in route for route in routes)

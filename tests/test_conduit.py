@@ -370,6 +370,9 @@ async def test_the_conduit_openapi_document_is_its_own(client: httpx.AsyncClient
     assert not any(path.startswith("/api/posts") for path in conduit["paths"])
     assert conduit["servers"] == [{"url": "/conduit"}]
     assert "Token" in conduit["components"]["securitySchemes"]
+    update = conduit["components"]["schemas"]["UpdateUser"]["properties"]
+    assert update["email"]["type"] == update["password"]["type"] == "string"
+    assert {"type": "null"} in update["bio"]["anyOf"]
     inkwell = (await client.get("/openapi.json")).json()
     assert "/api/posts" in inkwell["paths"]
     assert not any("conduit" in path or path == "/api/user" for path in inkwell["paths"])

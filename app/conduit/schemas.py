@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, field_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 
 from app.core import password_policy
 from app.schemas.common import NulFreeModel
@@ -72,6 +73,9 @@ class NewUserBody(ConduitRequest):
     user: NewUser
 
 
+NOT_NULL = ("email", "username", "password")
+
+
 class UpdateUser(ConduitRequest):
     """Absent fields stay; `bio` and `image` may be `null` or `""` (both clear them); `email`,
     `username` and `password` may not."""
@@ -82,7 +86,21 @@ class UpdateUser(ConduitRequest):
     bio: Bio | None = None
     image: Image | None = None
 
-    _no_nulls = field_validator("email", "username", "password", mode="before")(_not_null)
+    _no_nulls = field_validator(*NOT_NULL, mode="before")(_not_null)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """Documents `email`, `username` and `password` as optional, not nullable."""
+        schema = super().__get_pydantic_json_schema__(core_schema, handler)
+        properties = handler.resolve_ref_schema(schema).get("properties", {})
+        for name in NOT_NULL:
+            field = properties[name]
+            branches = [b for b in field.pop("anyOf", []) if b.get("type") != "null"]
+            field.update(branches[0])
+            field.pop("default", None)
+        return schema
 
 
 class UpdateUserBody(ConduitRequest):

@@ -10,6 +10,7 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.core.context import set_user
 from app.database.session import session_scope
 from app.database.types import MAX_ID
 from app.errors import AdminRequired, Unauthorized
@@ -20,7 +21,6 @@ from app.services import auth, posts, users
 from app.services.backends import Backends
 from app.services.security import Client, Security
 from app.stores import Stores
-from app.web.middleware import set_user
 
 _bearer = OAuth2PasswordBearer(
     tokenUrl="/api/token",

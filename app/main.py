@@ -22,7 +22,7 @@ from app.database.session import (
     create_read_session_factory,
     create_session_factory,
 )
-from app.errors import AppError, install_error_handlers
+from app.errors import AppError
 from app.routes import (
     health,
     images,
@@ -47,6 +47,7 @@ from app.web.docs import install_docs
 from app.web.http import single_valued_query
 from app.web.middleware import BodyLimitMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
 from app.web.openapi import install_openapi
+from app.web.problems import install_error_handlers
 
 logger = logging.getLogger(__name__)
 

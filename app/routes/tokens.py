@@ -13,7 +13,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import Message, Receive, Scope, Send
 
 from app.dependencies import ClientDep, DbSession, SecurityDep, StoresDep
-from app.errors import AppError
+from app.errors import UnsupportedGrantType
 from app.schemas.common import problem_responses
 from app.schemas.token import (
     Empty,
@@ -44,12 +44,6 @@ class NoStoreRoute(APIRoute):
 router = APIRouter(prefix="/api/token", tags=["tokens"], route_class=NoStoreRoute)
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-
-class UnsupportedGrantType(AppError):
-    code = "unsupported_grant_type"
-    title = "Unsupported grant type"
-    detail = "Only the OAuth2 password grant is supported here."
 
 
 async def login_request(request: Request) -> LoginRequest:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.core.security import fingerprint
 from app.database.types import utcnow
-from app.errors import AppError, EmailTaken
+from app.errors import EmailTaken, EmailTokenInvalid
 from app.models import EmailToken, OutboxJob, TokenPurpose, User
 from app.services import auth, tasks
 from app.services.backends import Backends
@@ -22,13 +22,6 @@ from app.services.security import Client, Security
 from app.stores import Stores
 from app.tasks.jobs import SEND_EMAIL
 from app.tasks.outbox import Outbox
-
-
-class EmailTokenInvalid(AppError):
-    status = 400
-    code = "email_token_invalid"
-    title = "Invalid or expired link"
-    detail = "This link is invalid, expired or already used. Ask for a new one."
 
 
 async def send_verification(db: AsyncSession, backends: Backends, user: User) -> str:

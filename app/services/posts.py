@@ -13,7 +13,7 @@ from sqlalchemy.orm import joinedload, selectinload
 from app.core.media import LocalMedia
 from app.database.types import utcnow
 from app.database.upsert import insert_ignoring_conflicts
-from app.errors import Forbidden, NotPostAuthor, PostNotFound
+from app.errors import EmailNotVerified, NotPostAuthor, PostNotFound
 from app.models import Post, PostLike, Tag, User, post_tag
 from app.schemas.common import Page
 from app.schemas.post import (
@@ -130,11 +130,6 @@ async def list_json(backends: Backends, query: PostQuery, viewer: Viewer | None)
     body = page.model_dump_json().encode()
     await cache.write(lookup, body)
     return body
-
-
-class EmailNotVerified(Forbidden):
-    code = "email_not_verified"
-    detail = "Verify your e-mail address before publishing; drafts are allowed meanwhile."
 
 
 async def create(db: AsyncSession, backends: Backends, author: User, data: PostCreate) -> PostOut:

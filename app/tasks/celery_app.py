@@ -24,11 +24,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_postrun, task_prerun, worker_process_shutdown
 
 from app.config import get_settings
+from app.core.context import RequestContext, request_context
 from app.tasks import jobs
 from app.tasks.celery_config import create_celery
 from app.tasks.context import JobContext
 from app.tasks.runner import REQUEST_ID_HEADER, after_failure, record_failure
-from app.web.middleware import RequestContext, request_context
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import anyio.to_thread
 
 from app.config import Settings
+from app.core.context import RequestContext, request_context
 from app.core.metrics import TASKS_QUEUED
 from app.models import TaskState
 from app.tasks.celery_config import create_celery
@@ -30,7 +31,6 @@ from app.tasks.jobs import (
     give_up,
     record_state,
 )
-from app.web.middleware import RequestContext, request_context
 
 logger = logging.getLogger(__name__)
 

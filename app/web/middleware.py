@@ -8,7 +8,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 
@@ -17,38 +16,16 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core import metrics
-from app.errors import BodyTooLarge, PayloadTooLarge, problem
+from app.core.context import RequestContext, request_context
+from app.errors import BodyTooLarge, PayloadTooLarge
+from app.web.problems import problem
 from app.web.uploads import form_limit
 
-REQUEST_ID_HEADER = b"x-request-id"
+REQUEST_ID_HEADER = b"x-request-id"  # the HTTP header a request id comes and goes in
 MULTIPART = "multipart/form-data"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 access_logger = logging.getLogger("app.access")
-
-
-@dataclass(slots=True)
-class RequestContext:
-    """What every log line of a request (or of a task it queued) carries. The authentication
-    dependency fills `user_id` in; the object is shared, so the access log sees it."""
-
-    request_id: str = "-"
-    user_id: int | None = None
-
-
-request_context: ContextVar[RequestContext | None] = ContextVar("request_context", default=None)
-
-
-def current_request_id() -> str | None:
-    context = request_context.get()
-    return context.request_id if context else None
-
-
-def set_user(user_id: int) -> None:
-    """Names the signed-in user in the logs of the current request."""
-    context = request_context.get()
-    if context is not None:
-        context.user_id = user_id
 
 
 class RequestIdMiddleware:

@@ -202,3 +202,14 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             expose_headers=["ETag", "Location", "X-Request-ID", "Retry-After"],
         )
     return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`app`, the application that `uvicorn app.main:app` and `fastapi run` serve, built from
+    the environment on first use: importing this module builds nothing (tests and the command
+    line call `create_app` with settings of their own)."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    application = create_app()
+    globals()["app"] = application
+    return application

@@ -1,4 +1,4 @@
-"""The Celery application: `celery -A app.tasks.celery_app worker` or `python -m app worker`.
+"""The Celery application: `celery -A app.tasks worker` or `python -m app worker`.
 
 Tasks are acknowledged late and rejected when their worker dies, so a worker killed mid-task
 loses nothing: the broker delivers the task again (RabbitMQ at once; the Redis broker after

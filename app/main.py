@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp
 
 from app.config import Settings, get_settings
@@ -17,6 +17,7 @@ from app.core import password_policy
 from app.core.logging import configure_logging
 from app.core.mail import build_mailer
 from app.core.media import LocalMedia
+from app.core.security import Security
 from app.database.session import (
     create_engine,
     create_read_session_factory,
@@ -37,7 +38,6 @@ from app.routes import (
 )
 from app.services import users as user_service
 from app.services.backends import Backends
-from app.services.security import Security
 from app.stores import Stores
 from app.tasks.context import JobContext
 from app.tasks.jobs import PROCESS_IMAGE, pending_images
@@ -69,44 +69,55 @@ TAGS = [
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    settings.warn_about_production_gaps()
-    engine = create_engine(settings)
-    app.state.engine = engine
-    app.state.session_factory = create_session_factory(engine)
-    app.state.read_session_factory = create_read_session_factory(engine, settings)
-    app.state.security = Security.from_settings(settings)
-    stores = app.state.stores = Stores.from_settings(settings)
+async def open_backends(
+    settings: Settings, engine: AsyncEngine
+) -> AsyncIterator[tuple[Backends, JobContext]]:
+    """What services need beside a database session, built from the settings on `engine` and
+    closed afterwards (the outbox's relay is not started): the API's lifespan and the command
+    line build them this one way. Also the jobs' context, for the in-process jobs."""
+    session_factory = create_session_factory(engine)
+    stores = Stores.from_settings(settings)
     media = LocalMedia(settings)
-    jobs = JobContext(settings, app.state.session_factory, stores, media, build_mailer(settings))
+    jobs = JobContext(settings, session_factory, stores, media, build_mailer(settings))
     runner = build_runner(settings, jobs)
     # The outbox relay polls on a connection of its own, apart from the requests' pool.
     relay_settings = settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
     relay_engine = create_engine(relay_settings)
-    outbox = Outbox(
-        settings, runner, app.state.session_factory, create_session_factory(relay_engine)
-    )
-    app.state.backends = Backends(
+    outbox = Outbox(settings, runner, session_factory, create_session_factory(relay_engine))
+    backends = Backends(
         settings,
         stores,
         media,
         runner,
-        app.state.security,
-        app.state.read_session_factory,
+        Security.from_settings(settings),
+        create_read_session_factory(engine, settings),
         outbox=outbox,
     )
-    await _requeue_pending_images(jobs, runner)
-    outbox.start()
-    password_policy.common_passwords()  # read the list now, not in the first request
-    await _create_first_admin(settings, app.state.session_factory, app.state.security)
     try:
-        yield
+        yield backends, jobs
     finally:
         await outbox.close()
         await runner.drain()
         await stores.close()
         await relay_engine.dispose()
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    settings.warn_about_production_gaps()
+    engine = app.state.engine = create_engine(settings)
+    try:
+        async with open_backends(settings, engine) as (backends, jobs):
+            app.state.backends = backends
+            app.state.session_factory = jobs.session_factory
+            app.state.stores = backends.stores
+            await _requeue_pending_images(jobs, backends.runner)
+            backends.outbox.start()
+            password_policy.common_passwords()  # read the list now, not in the first request
+            await _create_first_admin(backends, jobs.session_factory)
+            yield
+    finally:
         await engine.dispose()
 
 
@@ -124,19 +135,20 @@ async def _requeue_pending_images(jobs: JobContext, runner: TaskRunner) -> None:
 
 
 async def _create_first_admin(
-    settings: Settings, session_factory: async_sessionmaker[AsyncSession], security: Security
+    backends: Backends, session_factory: async_sessionmaker[AsyncSession]
 ) -> None:
     """FIRST_ADMIN_* creates an administrator, never promotes an existing account (anyone could
     have registered the address before the first start). A refusal is logged as an error and
     the API starts anyway: refusing to start would let whoever registered the address keep the
     service down, and the operator can act on the message (`python -m app create-admin`)."""
+    settings = backends.settings
     if not (settings.first_admin_email and settings.first_admin_password):
         return
     async with session_factory() as db:
         try:
             user, outcome = await user_service.create_admin(
                 db,
-                security,
+                backends,
                 email=settings.first_admin_email,
                 username=settings.first_admin_username,
                 password=settings.first_admin_password.get_secret_value(),

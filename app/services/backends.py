@@ -6,7 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.core.media import LocalMedia
-from app.services.security import Security
+from app.core.security import Security
 from app.stores import Stores
 from app.tasks.outbox import Outbox
 from app.tasks.runner import TaskRunner

@@ -28,7 +28,7 @@ from app.core.context import RequestContext, request_context
 from app.tasks import jobs
 from app.tasks.celery_config import create_celery
 from app.tasks.context import JobContext
-from app.tasks.runner import REQUEST_ID_HEADER, after_failure, record_failure
+from app.tasks.runner import CELERY_REQUEST_ID_HEADER, after_failure, record_failure
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,7 +80,7 @@ def _job_name(task: Task[Any, Any]) -> str:
 @task_prerun.connect
 def _task_started(task: Task[Any, Any], task_id: str, **_: Any) -> None:
     """The task's log lines carry the id of the request that queued it."""
-    request_id = task.request.get(REQUEST_ID_HEADER) or task_id
+    request_id = task.request.get(CELERY_REQUEST_ID_HEADER) or task_id
     request_context.set(RequestContext(request_id=str(request_id)))
     _started[task_id] = time.perf_counter()
     logger.info("task started", extra={"task": _job_name(task), "task_id": task_id})

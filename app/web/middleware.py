@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core import metrics
 from app.core.context import RequestContext, request_context
 from app.errors import BodyTooLarge, PayloadTooLarge
+from app.web.http import HttpMiddleware
 from app.web.problems import problem
 from app.web.uploads import form_limit
 
@@ -28,17 +29,11 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 access_logger = logging.getLogger("app.access")
 
 
-class RequestIdMiddleware:
+class RequestIdMiddleware(HttpMiddleware):
     """Takes `X-Request-ID` from the request (or makes one), echoes it, logs the request and
     counts it in the metrics by its route template."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"").decode("latin-1")
         request_id = incoming if _VALID_REQUEST_ID.match(incoming) else os.urandom(16).hex()
         context = RequestContext(request_id)
@@ -98,19 +93,13 @@ def _route_template(scope: Scope, root_path: str) -> str:
     return metrics.UNMATCHED_ROUTE
 
 
-class SecurityHeadersMiddleware:
+class SecurityHeadersMiddleware(HttpMiddleware):
     """Adds the headers every response carries, whoever answers it: routes, error handlers,
     the 500 page, the docs and the media files. Outermost, so that nothing escapes it."""
 
     HEADERS = ((b"x-content-type-options", b"nosniff"),)
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -129,7 +118,7 @@ class _UploadRoute:
     methods: frozenset[str]
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HttpMiddleware):
     """Bounds every request body before it is read: `max_body_bytes`, or for an upload route
     (one whose documented body is multipart/form-data) the upload form's limit.
 
@@ -146,7 +135,7 @@ class BodyLimitMiddleware:
         max_upload_bytes: int,
         routes: Sequence[BaseRoute],
     ) -> None:
-        self.app = app
+        super().__init__(app)
         self.upload_routes = list(_upload_routes(routes))
         # Both limits and their errors are fixed at start-up: nothing is built per request.
         upload_detail = f"The upload is larger than {max_upload_bytes} bytes."
@@ -160,10 +149,7 @@ class BodyLimitMiddleware:
             partial(BodyTooLarge, body_detail),
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit, too_large = self._limit_for(scope)
         declared = _content_length(scope)
         if declared is not None and declared > limit:

@@ -17,10 +17,11 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app.database.session import connection_lost, unavailable
 from app.errors import AppError, DatabaseUnavailable
+from app.web.http import HttpMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 _IDEMPOTENT_READS = frozenset({"GET", "HEAD"})
 
 
-class DatabaseErrorMiddleware:
+class DatabaseErrorMiddleware(HttpMiddleware):
     """A request the database could not serve answers 503 `database_unavailable` with
     `Retry-After`, never a bare 500. A read whose pooled connection died under it (the server
     restarted) runs once more, on a fresh connection, before any of its answer was sent. A write
@@ -151,13 +152,7 @@ class DatabaseErrorMiddleware:
     Plain ASGI middleware just outside the routes (inside CORS and the body limits): a route
     handler would turn the error into an answer before anything could run the read again."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
         received: list[Message] = []
 

@@ -146,3 +146,52 @@ def test_security_and_the_rate_limiter_load_no_web_framework() -> None:
         check=True,
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_no_import_cycle() -> None:
+    """Among the imports that run when a module loads (not those inside functions or under
+    TYPE_CHECKING), no module of the app reaches itself again."""
+    names = {
+        ".".join(p.relative_to(APP.parent).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in APP.rglob("*.py")
+    }
+    graph = {name: load_time_imports(path, names) for name, path in names.items()}
+    cycles: list[list[str]] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = "open"
+        for target in sorted(graph[name]):
+            if state.get(target) == "open":
+                cycles.append([*trail[trail.index(target) :], target])
+            elif target not in state:
+                visit(target, [*trail, target])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
+
+
+def load_time_imports(path: Path, names: dict[str, Path]) -> set[str]:
+    found: set[str] = set()
+
+    def read(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    found.add(submodule if submodule in names else node.module)
+            elif isinstance(node, ast.If) and not (
+                isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+            ):
+                read(node.body)
+                read(node.orelse)
+            elif isinstance(node, ast.Try):
+                read(node.body)
+
+    read(ast.parse(path.read_text(), str(path)).body)
+    return found & names.keys()

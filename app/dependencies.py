@@ -9,7 +9,7 @@ from fastapi import Depends, Path, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.config import Settings
+from app.core.context import set_user
 from app.database.session import session_scope
 from app.database.types import MAX_ID
 from app.errors import AdminRequired, Unauthorized
@@ -18,9 +18,6 @@ from app.schemas.common import PageQuery
 from app.schemas.post import PostQuery
 from app.services import auth, posts, users
 from app.services.backends import Backends
-from app.services.security import Client, Security
-from app.stores import Stores
-from app.web.middleware import set_user
 
 _bearer = OAuth2PasswordBearer(
     tokenUrl="/api/token",
@@ -29,24 +26,10 @@ _bearer = OAuth2PasswordBearer(
 )
 
 
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-async def get_stores(request: Request) -> Stores:
-    stores: Stores = request.app.state.stores
-    return stores
-
-
 async def get_backends(request: Request) -> Backends:
+    """Everything services need beside the database session, built once at start-up."""
     backends: Backends = request.app.state.backends
     return backends
-
-
-async def get_security(request: Request) -> Security:
-    security: Security = request.app.state.security
-    return security
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -60,8 +43,8 @@ async def get_session_factory(request: Request) -> async_sessionmaker[AsyncSessi
     return factory
 
 
-async def get_client(request: Request) -> Client:
-    return Client(
+async def get_client(request: Request) -> auth.Client:
+    return auth.Client(
         user_agent=request.headers.get("user-agent", ""),
         ip=request.client.host if request.client else "",
     )
@@ -69,20 +52,15 @@ async def get_client(request: Request) -> Client:
 
 DbSession = Annotated[AsyncSession, Depends(get_session)]
 SessionFactory = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)]
-SecurityDep = Annotated[Security, Depends(get_security)]
-StoresDep = Annotated[Stores, Depends(get_stores)]
 BackendsDep = Annotated[Backends, Depends(get_backends)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-ClientDep = Annotated[Client, Depends(get_client)]
+ClientDep = Annotated[auth.Client, Depends(get_client)]
 BearerToken = Annotated[str | None, Depends(_bearer)]
 
 
 async def optional_principal(token: BearerToken, backends: BackendsDep) -> auth.Principal | None:
     if token is None:
         return None
-    principal = await auth.principal(
-        backends.read_sessions, backends.security, backends.stores.sessions, token
-    )
+    principal = await auth.principal(backends, access_token=token)
     set_user(principal.id)
     return principal
 
@@ -123,7 +101,7 @@ UserId = Annotated[int, Path(ge=1, le=MAX_ID, description="The user's id")]
 
 async def post_by_id(post_id: PostId, db: DbSession, viewer: OptionalPrincipal) -> Post:
     """The post, if it exists and the caller may see it (drafts are 404 to others)."""
-    return await posts.get_visible(db, post_id, viewer)
+    return await posts.get_visible(db, post_id=post_id, viewer=viewer)
 
 
 VisiblePost = Annotated[Post, Depends(post_by_id)]
@@ -131,7 +109,9 @@ VisiblePost = Annotated[Post, Depends(post_by_id)]
 
 async def owned_post(post_id: PostId, db: DbSession, caller: CurrentPrincipal) -> Post:
     """The post, if the caller may change it: its author or an administrator."""
-    return posts.ensure_can_edit(await posts.get_visible(db, post_id, caller), caller)
+    return posts.ensure_can_edit(
+        await posts.get_visible(db, post_id=post_id, viewer=caller), caller
+    )
 
 
 OwnedPost = Annotated[Post, Depends(owned_post)]

@@ -1,27 +1,9 @@
-"""Domain errors as types, and the handlers that render every error as problem+json (RFC 9457)."""
+"""Every domain error, as a type: services raise them, `app.web.problems` renders them as
+problem+json (RFC 9457). Nothing here knows HTTP frameworks."""
 
 from __future__ import annotations
 
-import logging
-import re
-from collections.abc import Sequence
-from functools import lru_cache
-from http import HTTPStatus
 from typing import Any, ClassVar
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import iter_route_contexts
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import compile_path
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from app.database.session import connection_lost, unavailable
-
-logger = logging.getLogger(__name__)
-
-PROBLEM_JSON = "application/problem+json"
 
 
 class AppError(Exception):
@@ -32,9 +14,16 @@ class AppError(Exception):
     title: ClassVar[str] = "Bad request"
     detail: ClassVar[str] = ""
 
-    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self.message = detail or self.detail or self.title
         self.headers = headers or {}
+        self.extra = extra or {}  # more members of the problem body, beside the standard ones
         super().__init__(self.message)
 
 
@@ -112,6 +101,11 @@ class Forbidden(AppError):
     detail = "You are not allowed to do this."
 
 
+class EmailNotVerified(Forbidden):
+    code = "email_not_verified"
+    detail = "Verify your e-mail address before publishing; drafts are allowed meanwhile."
+
+
 class AdminRequired(Forbidden):
     code = "admin_required"
     detail = "Only administrators may do this."
@@ -179,6 +173,25 @@ class AdminSetupRefused(Conflict):
 
     code = "admin_setup_refused"
     title = "Administrator not created"
+
+
+class EmailTokenInvalid(AppError):
+    status = 400
+    code = "email_token_invalid"
+    title = "Invalid or expired link"
+    detail = "This link is invalid, expired or already used. Ask for a new one."
+
+
+class UnsupportedGrantType(AppError):
+    code = "unsupported_grant_type"
+    title = "Unsupported grant type"
+    detail = "Only the OAuth2 password grant is supported here."
+
+
+class InvalidUpload(AppError):
+    status = 422
+    code = "invalid_upload"
+    title = "Invalid upload"
 
 
 class PayloadTooLarge(AppError):
@@ -257,6 +270,20 @@ class DatabaseUnavailable(ServiceUnavailable):
         super().__init__(headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
 
 
+class NotReady(ServiceUnavailable):
+    """A dependency failed its readiness check; `checks` names the state of each one."""
+
+    title = "Not ready"
+
+    def __init__(self, checks: dict[str, str]) -> None:
+        failing = [name for name, state in checks.items() if state != "ok"]
+        super().__init__(
+            f"Unavailable: {', '.join(failing)}.",
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+            extra={"checks": checks},
+        )
+
+
 # --- Images, media and background tasks ----------------------------------------------------
 
 
@@ -293,191 +320,3 @@ class MediaNotFound(NotFound):
 class TaskNotFound(NotFound):
     code = "task_not_found"
     detail = "No such task."
-
-
-# --- rendering --------------------------------------------------------------------------------
-def problem(
-    status: int,
-    code: str,
-    title: str | None = None,
-    detail: str | None = None,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> JSONResponse:
-    body = {
-        "type": f"/problems/{code.replace('_', '-')}",
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail or title or HTTPStatus(status).phrase,
-        "code": code,
-        **extra,
-    }
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
-
-
-_STATUS_CODES = {
-    400: "bad_request",
-    401: "not_authenticated",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    406: "not_acceptable",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    429: "rate_limited",
-}
-
-
-def _validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    return [
-        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type", "")}
-        for e in errors
-    ]
-
-
-async def _app_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, AppError)
-    return problem(exc.status, exc.code, exc.title, exc.message, exc.headers or None)
-
-
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = _validation_errors(exc.errors())
-    first = errors[0] if errors else None
-    detail = (
-        f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-        if first
-        else "The request is invalid."
-    )
-    return problem(422, "validation_error", "Invalid request", detail, errors=errors)
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    detail = exc.detail if isinstance(exc.detail, str) else None
-    if exc.status_code == 400:
-        # Inkwell raises AppError, never HTTPException: a 400 here is the framework failing to
-        # read the body (bytes that are not UTF-8 JSON, a broken multipart form). That is a
-        # malformed request like any other, so it answers what every route declares: 422.
-        if isinstance(exc.__cause__, (ValueError, RecursionError)):  # not UTF-8, say
-            msg, kind = "Invalid JSON", "json_invalid"
-        else:
-            msg, kind = detail or "The body could not be read", "body_unreadable"
-        return problem(
-            422,
-            "validation_error",
-            "Invalid request",
-            f"body: {msg}",
-            errors=[{"loc": ["body"], "msg": msg, "type": kind}],
-        )
-    headers = dict(exc.headers or {})
-    if exc.status_code == 405:
-        # Starlette names the methods of the first route at this path only; a mounted app
-        # (the media files) names its own, or serves GET and HEAD.
-        methods = allowed_methods(request)
-        if methods:
-            headers["Allow"] = ", ".join(methods)
-        else:
-            headers.setdefault("Allow", "GET, HEAD")
-    code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
-    return problem(exc.status_code, code, detail=detail, headers=headers)
-
-
-def allowed_methods(request: Request) -> list[str]:
-    """Every method the routes at this request's path serve."""
-    path, root = request.scope["path"], request.scope.get("root_path", "")
-    path = path.removeprefix(root) if root and path.startswith(root + "/") else path
-    methods: set[str] = set()
-    for context in iter_route_contexts(request.app.router.routes):
-        route_methods = getattr(context.original_route, "methods", None)
-        if route_methods and context.path and _path_regex(context.path).match(path):
-            methods.update(route_methods)
-    return sorted(methods)
-
-
-@lru_cache(maxsize=512)
-def _path_regex(path: str) -> re.Pattern[str]:
-    return compile_path(path)[0]
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error", extra={"path": request.url.path})
-    return problem(500, "internal_error", detail="Something went wrong on our side.")
-
-
-# Reads that may run twice: they change nothing.
-_IDEMPOTENT_READS = frozenset({"GET", "HEAD"})
-
-
-class DatabaseErrorMiddleware:
-    """A request the database could not serve answers 503 `database_unavailable` with
-    `Retry-After`, never a bare 500. A read whose pooled connection died under it (the server
-    restarted) runs once more, on a fresh connection, before any of its answer was sent. A write
-    does not: whether it was committed is unknown.
-
-    Plain ASGI middleware just outside the routes (inside CORS and the body limits): a route
-    handler would turn the error into an answer before anything could run the read again."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-        received: list[Message] = []
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        async def recorded_receive() -> Message:
-            message = await receive()
-            received.append(message)
-            return message
-
-        try:
-            await self.app(scope, recorded_receive, tracked_send)
-            return
-        except Exception as error:
-            if started or not unavailable(error):
-                raise
-            if not (scope["method"] in _IDEMPOTENT_READS and connection_lost(error)):
-                await _database_unavailable(scope, error)(scope, receive, send)
-                return
-            logger.info(
-                "database connection lost: reading again on a fresh one",
-                extra={"path": scope["path"], "error": repr(error)},
-            )
-        replay = iter(received)
-
-        async def replayed_receive() -> Message:
-            return next(replay, None) or await receive()
-
-        try:
-            await self.app(scope, replayed_receive, tracked_send)
-        except Exception as error:
-            if started or not unavailable(error):
-                raise
-            await _database_unavailable(scope, error)(scope, receive, send)
-
-
-def _database_unavailable(scope: Scope, error: Exception) -> JSONResponse:
-    logger.warning(
-        "database unavailable: answered 503",
-        extra={"method": scope["method"], "path": scope["path"], "error": repr(error)},
-    )
-    exc = DatabaseUnavailable()
-    return problem(exc.status, exc.code, exc.title, exc.message, exc.headers)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(AppError, _app_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
-    # Added first, so innermost: CORS and the body limits see its 503 like any other answer.
-    app.add_middleware(DatabaseErrorMiddleware)

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp
 
 from app.conduit import mount_conduit
@@ -18,12 +18,13 @@ from app.core import password_policy
 from app.core.logging import configure_logging
 from app.core.mail import build_mailer
 from app.core.media import LocalMedia
+from app.core.security import Security
 from app.database.session import (
     create_engine,
     create_read_session_factory,
     create_session_factory,
 )
-from app.errors import AppError, install_error_handlers
+from app.errors import AppError
 from app.routes import (
     health,
     images,
@@ -38,7 +39,6 @@ from app.routes import (
 )
 from app.services import users as user_service
 from app.services.backends import Backends
-from app.services.security import Security
 from app.stores import Stores
 from app.tasks.context import JobContext
 from app.tasks.jobs import PROCESS_IMAGE, pending_images
@@ -48,6 +48,7 @@ from app.web.docs import install_docs
 from app.web.http import single_valued_query
 from app.web.middleware import BodyLimitMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
 from app.web.openapi import install_openapi
+from app.web.problems import install_error_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -69,44 +70,56 @@ TAGS = [
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    settings.warn_about_production_gaps()
-    engine = create_engine(settings)
-    app.state.engine = engine
-    app.state.session_factory = create_session_factory(engine)
-    app.state.read_session_factory = create_read_session_factory(engine, settings)
-    app.state.security = Security.from_settings(settings)
-    stores = app.state.stores = Stores.from_settings(settings)
+async def open_backends(
+    settings: Settings, engine: AsyncEngine
+) -> AsyncIterator[tuple[Backends, JobContext, Outbox]]:
+    """What services need beside a database session, built from the settings on `engine` and
+    closed afterwards (the outbox's relay is not started): the API's lifespan and the command
+    line build them this one way. Also the jobs' context, for the in-process jobs, and the outbox
+    whose relay the API starts."""
+    session_factory = create_session_factory(engine)
+    stores = Stores.from_settings(settings)
     media = LocalMedia(settings)
-    jobs = JobContext(settings, app.state.session_factory, stores, media, build_mailer(settings))
+    jobs = JobContext(settings, session_factory, stores, media, build_mailer(settings))
     runner = build_runner(settings, jobs)
     # The outbox relay polls on a connection of its own, apart from the requests' pool.
     relay_settings = settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
     relay_engine = create_engine(relay_settings)
-    outbox = Outbox(
-        settings, runner, app.state.session_factory, create_session_factory(relay_engine)
-    )
-    app.state.backends = Backends(
+    outbox = Outbox(settings, runner, session_factory, create_session_factory(relay_engine))
+    backends = Backends(
         settings,
         stores,
         media,
         runner,
-        app.state.security,
-        app.state.read_session_factory,
+        Security.from_settings(settings),
+        create_read_session_factory(engine, settings),
         outbox=outbox,
     )
-    await _requeue_pending_images(jobs, runner)
-    outbox.start()
-    password_policy.common_passwords()  # read the list now, not in the first request
-    await _create_first_admin(settings, app.state.session_factory, app.state.security)
     try:
-        yield
+        yield backends, jobs, outbox
     finally:
         await outbox.close()
         await runner.drain()
         await stores.close()
         await relay_engine.dispose()
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    settings.warn_about_production_gaps()
+    engine = app.state.engine = create_engine(settings)
+    try:
+        async with open_backends(settings, engine) as (backends, jobs, outbox):
+            app.state.backends = backends
+            app.state.session_factory = jobs.session_factory
+            app.state.stores = backends.stores
+            await _requeue_pending_images(jobs, backends.runner)
+            outbox.start()
+            password_policy.common_passwords()  # read the list now, not in the first request
+            await _create_first_admin(backends, jobs.session_factory)
+            yield
+    finally:
         await engine.dispose()
 
 
@@ -124,19 +137,20 @@ async def _requeue_pending_images(jobs: JobContext, runner: TaskRunner) -> None:
 
 
 async def _create_first_admin(
-    settings: Settings, session_factory: async_sessionmaker[AsyncSession], security: Security
+    backends: Backends, session_factory: async_sessionmaker[AsyncSession]
 ) -> None:
     """FIRST_ADMIN_* creates an administrator, never promotes an existing account (anyone could
     have registered the address before the first start). A refusal is logged as an error and
     the API starts anyway: refusing to start would let whoever registered the address keep the
     service down, and the operator can act on the message (`python -m app create-admin`)."""
+    settings = backends.settings
     if not (settings.first_admin_email and settings.first_admin_password):
         return
     async with session_factory() as db:
         try:
             user, outcome = await user_service.create_admin(
                 db,
-                security,
+                backends,
                 email=settings.first_admin_email,
                 username=settings.first_admin_username,
                 password=settings.first_admin_password.get_secret_value(),
@@ -203,3 +217,14 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
             expose_headers=["ETag", "Location", "X-Request-ID", "Retry-After"],
         )
     return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`app`, the application that `uvicorn app.main:app` and `fastapi run` serve, built from
+    the environment on first use: importing this module builds nothing (tests and the command
+    line call `create_app` with settings of their own)."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    application = create_app()
+    globals()["app"] = application
+    return application

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -80,8 +80,10 @@ class CeleryWorker:
         log_path: Path,
         concurrency: int = 2,
         loglevel: str = "INFO",
+        command: Sequence[str] | None = None,
     ) -> None:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.command = list(command) if command else None  # instead of `python -m app worker`
         self.log_path = log_path
         self.concurrency = concurrency
         self.loglevel = loglevel
@@ -91,7 +93,7 @@ class CeleryWorker:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: S603 - our own command
-            [sys.executable, "-m", "app", "worker",
+            self.command or [sys.executable, "-m", "app", "worker",
              f"--concurrency={self.concurrency}", f"--pool={pool}",
              f"--loglevel={self.loglevel}"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,

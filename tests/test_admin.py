@@ -549,7 +549,7 @@ async def test_create_admin_promotes_an_unverified_account_not_even_when_asked(
     with pytest.raises(AdminSetupRefused, match="has not verified"):
         await users.create_admin(
             db,
-            app.state.security,
+            app.state.backends,
             email="alice@example.com",
             username="admin",
             password=None,
@@ -601,7 +601,7 @@ async def test_create_admin_refuses_a_common_password(
 ) -> None:
     with pytest.raises(AdminSetupRefused, match="most common"):
         await users.create_admin(
-            db, app.state.security, email="root@example.com", username="root", password=password
+            db, app.state.backends, email="root@example.com", username="root", password=password
         )
 
     assert (await db.scalar(select(func.count()).select_from(User))) == 0
@@ -611,14 +611,14 @@ async def test_create_admin_again_for_an_administrator_changes_nothing(
     client: httpx.AsyncClient, db: AsyncSession, app: FastAPI
 ) -> None:
     created, outcome = await users.create_admin(
-        db, app.state.security, email="root@example.com", username="root", password=STRONG
+        db, app.state.backends, email="root@example.com", username="root", password=STRONG
     )
     assert outcome is users.AdminOutcome.CREATED
     before = (user_snapshot(created), created.password_hash)
 
     again, outcome = await users.create_admin(
         db,
-        app.state.security,
+        app.state.backends,
         email="Root@example.com",
         username="other",
         password="another strong password",

@@ -805,7 +805,7 @@ def test_email_retry_delays_back_off_exponentially() -> None:
     delays = [task_runner.retry_delay(n) for n in range(10)]
     assert delays[:4] == [2.0, 4.0, 8.0, 16.0]
     assert all(b >= a for a, b in itertools.pairwise(delays))
-    assert max(delays) == task_runner.EMAIL_RETRY_MAX_SECONDS
+    assert max(delays) == task_runner.TRANSIENT_RETRY_MAX_SECONDS
 
 
 @pytest.mark.skipif(SERVICES, reason="in services mode the worker sends with its own settings")

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.core.context import RequestContext, request_context
 from app.core.logging import JsonFormatter, KeyValueFormatter, _RequestContextFilter
 from app.core.metrics import UNMATCHED_ROUTE
 from app.main import create_app
@@ -32,7 +33,6 @@ from app.models import Task
 from app.routes import health as health_routes
 from app.services import tasks as task_service
 from app.tasks.jobs import PROCESS_IMAGE
-from app.web.middleware import RequestContext, request_context
 from tests import images
 from tests.conftest import SERVICES, running_app, settings_env
 from tests.factories import PASSWORD, Account, create_post, register

@@ -323,7 +323,7 @@ async def test_worker_retries_email_with_backoff_until_smtp_is_up(
         if started:
             late.stop()
     log = mailer.log_path.read_text(errors="replace")
-    # The first retry waits EMAIL_RETRY_BASE_SECONDS (2 s), less a random part of it (jitter).
+    # The first retry waits TRANSIENT_RETRY_BASE_SECONDS (2 s), less a random part of it (jitter).
     waits = [float(w) for w in re.findall(r"Retry in ([0-9.]+)s", log)]
     assert waits, log
     assert 1.0 <= waits[0] <= 2.0

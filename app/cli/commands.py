@@ -134,8 +134,8 @@ def create_admin(
     """Create an administrator. An existing account is promoted only with --promote-existing."""
     from app.database.session import create_engine, create_session_factory
     from app.errors import AppError
+    from app.main import open_backends
     from app.services import users
-    from app.services.security import Security
 
     settings = get_settings()
     if password is None and not promote_existing:
@@ -144,10 +144,13 @@ def create_admin(
     async def _create() -> tuple[str, int, users.AdminOutcome]:
         engine = create_engine(settings)
         try:
-            async with create_session_factory(engine)() as db:
+            async with (
+                open_backends(settings, engine) as (backends, _, _),
+                create_session_factory(engine)() as db,
+            ):
                 user, outcome = await users.create_admin(
                     db,
-                    Security.from_settings(settings),
+                    backends,
                     email=email,
                     username=username,
                     password=password,
@@ -187,8 +190,8 @@ def seed(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from app.cli import seed as seeding
+    from app.core.security import Security
     from app.database.session import create_engine
-    from app.services.security import Security
     from app.stores import Stores
 
     settings = get_settings()

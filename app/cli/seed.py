@@ -19,9 +19,9 @@ from faker import Faker
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.security import Security
 from app.models import Post, Tag, User
 from app.models.post import post_tag
-from app.services.security import Security
 
 BATCH_SIZE = 2_000
 MIN_PASSWORD, MAX_PASSWORD = 8, 128  # as registration asks

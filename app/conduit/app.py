@@ -9,9 +9,9 @@ from fastapi.responses import HTMLResponse
 from app.conduit.errors import install_error_handlers
 from app.conduit.routes import tags, users
 from app.config import Settings
-from app.errors import DatabaseErrorMiddleware
 from app.web.docs import ASSETS_URL, SWAGGER_UI_PARAMETERS
 from app.web.http import single_valued_query
+from app.web.problems import DatabaseErrorMiddleware
 
 CONDUIT_PATH = "/conduit"
 

@@ -3,6 +3,7 @@ longer-lived access tokens."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,13 +11,13 @@ from fastapi.security import APIKeyHeader
 
 from app.conduit.errors import TokenMissing
 from app.config import Settings
-from app.core.security import Tokens
+from app.core.context import set_user
+from app.core.security import Security, Tokens
 from app.dependencies import BackendsDep, DbSession
 from app.errors import InvalidToken
 from app.models import User
 from app.services import auth, users
-from app.services.security import Security
-from app.web.middleware import set_user
+from app.services.backends import Backends
 
 SCHEMES = ("token", "bearer")
 MAX_HEADER_LENGTH = 8192
@@ -30,17 +31,22 @@ _authorization = APIKeyHeader(
 )
 
 
-def conduit_security(request: Request) -> Security:
-    """Inkwell's password hasher, with a token signer whose access tokens live
+def conduit_backends(request: Request) -> Backends:
+    """Inkwell's backends, with a token signer whose access tokens live
     CONDUIT_TOKEN_EXPIRE_MINUTES (RealWorld clients cannot refresh); built once per app."""
     state = request.app.state
-    security: Security | None = getattr(state, "conduit_security", None)
-    if security is None:
-        settings: Settings = state.settings
+    backends: Backends | None = getattr(state, "conduit_backends", None)
+    if backends is None:
+        base: Backends = state.backends
+        settings: Settings = base.settings
         lifetime = settings.conduit_token_expire_minutes
         tokens = Tokens(settings.model_copy(update={"access_token_expire_minutes": lifetime}))
-        security = state.conduit_security = Security(state.security.passwords, tokens)
-    return security
+        security = Security(base.security.passwords, tokens)
+        backends = state.conduit_backends = dataclasses.replace(base, security=security)
+    return backends
+
+
+ConduitBackends = Annotated[Backends, Depends(conduit_backends)]
 
 
 def bearer_token(header: Annotated[str | None, Depends(_authorization)]) -> str | None:
@@ -59,9 +65,7 @@ Token = Annotated[str | None, Depends(bearer_token)]
 async def optional_principal(token: Token, backends: BackendsDep) -> auth.Principal | None:
     if token is None:
         return None
-    principal = await auth.principal(
-        backends.read_sessions, backends.security, backends.stores.sessions, token
-    )
+    principal = await auth.principal(backends, access_token=token)
     set_user(principal.id)
     return principal
 
@@ -83,4 +87,3 @@ async def current_user(principal: CurrentPrincipal, db: DbSession) -> User:
 
 
 CurrentUser = Annotated[User, Depends(current_user)]
-ConduitSecurity = Annotated[Security, Depends(conduit_security)]

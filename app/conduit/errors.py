@@ -24,8 +24,8 @@ from app.errors import (
     Unauthorized,
     UsernameTaken,
     UserNotFound,
-    allowed_methods,
 )
+from app.web.problems import allowed_methods
 
 logger = logging.getLogger(__name__)
 

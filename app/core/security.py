@@ -1,4 +1,5 @@
-"""Password hashing and JWTs: the primitives the auth service builds on."""
+"""Password hashing and JWTs: the primitives the auth service builds on, and `Security`, the
+bag of both that the process builds once."""
 
 from __future__ import annotations
 
@@ -179,3 +180,15 @@ def _expiry(exp: object) -> datetime:
 def fingerprint(token: str) -> str:
     """What the database keeps of a refresh token: its SHA-256, never the token."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """The process-wide password hasher and token signer, built once from settings."""
+
+    passwords: Passwords
+    tokens: Tokens
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Security:
+        return cls(Passwords(settings), Tokens(settings))

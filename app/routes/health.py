@@ -4,12 +4,11 @@ import asyncio
 import logging
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.core import metrics as prometheus
 from app.dependencies import BackendsDep
-from app.errors import UNAVAILABLE_RETRY_AFTER_S, NotFound, problem
+from app.errors import NotFound, NotReady
 from app.schemas.common import problem_responses
 from app.services import health as health_service
 from app.services import tasks
@@ -36,19 +35,11 @@ async def health() -> dict[str, str]:
     description="Checks every dependency; 503 names the failing one.",
     responses=problem_responses(503),
 )
-async def ready(backends: BackendsDep) -> JSONResponse:
+async def ready(backends: BackendsDep) -> dict[str, object]:
     checks = await health_service.readiness(backends)
-    failing = [name for name, state in checks.items() if state != "ok"]
-    if failing:
-        return problem(
-            503,
-            "dependency_unavailable",
-            "Not ready",
-            f"Unavailable: {', '.join(failing)}.",
-            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
-            checks=checks,
-        )
-    return JSONResponse({"status": "ok", "checks": checks})
+    if any(state != "ok" for state in checks.values()):
+        raise NotReady(checks)
+    return {"status": "ok", "checks": checks}
 
 
 @router.get(

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Form, Query, status
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 
-from app.dependencies import BackendsDep, DbSession, SecurityDep
+from app.dependencies import BackendsDep, DbSession
 from app.errors import AppError
 from app.schemas.user import PasswordResetConfirm, TokenBody
-from app.services import emails
+from app.services import emails, passwords
 from app.web.pages import error_list, message, page
 
 router = APIRouter(include_in_schema=False)
@@ -61,7 +61,7 @@ async def verify_email_form(db: DbSession, token: FormField = "") -> HTMLRespons
     if not _valid_token(token):
         return _broken_link()
     try:
-        await emails.verify(db, token)
+        await emails.verify(db, token=token)
     except AppError as error:
         return _failed(error)
     return message("Address confirmed", "Thank you: your e-mail address is confirmed.")
@@ -88,7 +88,6 @@ async def reset_password_page(token: Annotated[str, Query()] = "") -> HTMLRespon
 @router.post("/reset-password")
 async def reset_password_form(
     db: DbSession,
-    security: SecurityDep,
     backends: BackendsDep,
     token: FormField = "",
     new_password: FormField = "",
@@ -106,7 +105,7 @@ async def reset_password_form(
             token, ["The two passwords differ."], status.HTTP_422_UNPROCESSABLE_CONTENT
         )
     try:
-        await emails.reset_password(db, security, backends.stores, body.token, body.new_password)
+        await passwords.reset(db, backends, token=body.token, new_password=body.new_password)
     except AppError as error:
         return _failed(error)
     return message(

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, BackgroundTasks, Response, status
 
-from app.dependencies import BackendsDep, ClientDep, DbSession, SecurityDep, SessionFactory
+from app.dependencies import BackendsDep, ClientDep, DbSession, SessionFactory
 from app.schemas.common import problem_responses
 from app.schemas.user import PasswordResetConfirm, PasswordResetRequest
-from app.services import emails
+from app.services import passwords
 
 router = APIRouter(prefix="/api/password-reset", tags=["users"])
 
@@ -28,9 +28,9 @@ async def request_reset(
     client: ClientDep,
     later: BackgroundTasks,
 ) -> Response:
-    await emails.limit_password_reset(backends, client)
+    await passwords.limit_reset(backends, client=client)
     # Whether the account exists is looked up after the answer, never before it.
-    later.add_task(emails.request_password_reset, sessions, backends, body.email)
+    later.add_task(passwords.request_reset, sessions, backends, email=body.email)
     return Response(status_code=status.HTTP_202_ACCEPTED)
 
 
@@ -43,7 +43,7 @@ async def request_reset(
     responses=problem_responses(400, 413, 422, 503),
 )
 async def confirm_reset(
-    body: PasswordResetConfirm, db: DbSession, security: SecurityDep, backends: BackendsDep
+    body: PasswordResetConfirm, db: DbSession, backends: BackendsDep
 ) -> Response:
-    await emails.reset_password(db, security, backends.stores, body.token, body.new_password)
+    await passwords.reset(db, backends, token=body.token, new_password=body.new_password)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

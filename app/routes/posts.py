@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response, status
+from fastapi import APIRouter, Depends, Header, Response, status
 
 from app.dependencies import (
     BackendsDep,
@@ -13,7 +14,6 @@ from app.dependencies import (
     OwnedPost,
     PostId,
     PostQueryDep,
-    StoresDep,
     VisiblePost,
 )
 from app.schemas.common import Page, problem_responses
@@ -22,6 +22,22 @@ from app.services import posts
 from app.web.http import conditional_json
 
 router = APIRouter(prefix="/api/posts", tags=["posts"])
+
+Edit = Callable[[PostReplace | PostPatch], Awaitable[PostOut]]
+
+
+async def post_edit(
+    post: OwnedPost, caller: CurrentPrincipal, db: DbSession, backends: BackendsDep
+) -> Edit:
+    """Applies a replacement or a patch to the post the caller may change."""
+
+    async def edit(changes: PostReplace | PostPatch) -> PostOut:
+        return await posts.change(db, backends, post=post, changes=changes, viewer=caller)
+
+    return edit
+
+
+PostEdit = Annotated[Edit, Depends(post_edit)]
 
 
 @router.post(
@@ -41,7 +57,7 @@ async def create_post(
     db: DbSession,
     backends: BackendsDep,
 ) -> PostOut:
-    post = await posts.create(db, backends, user, body)
+    post = await posts.create(db, backends, author=user, data=body)
     response.headers["Location"] = f"/api/posts/{post.id}"
     return post
 
@@ -57,7 +73,7 @@ async def create_post(
 async def list_posts(
     query: PostQueryDep, viewer: OptionalPrincipal, backends: BackendsDep
 ) -> Response:
-    body = await posts.list_json(backends, query, viewer)
+    body = await posts.list_json(backends, query=query, viewer=viewer)
     return Response(body, media_type="application/json")
 
 
@@ -76,7 +92,7 @@ async def read_post(
     backends: BackendsDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    body = await posts.read_json(backends, post_id, viewer)
+    body = await posts.read_json(backends, post_id=post_id, viewer=viewer)
     return conditional_json(body, if_none_match)
 
 
@@ -88,14 +104,8 @@ async def read_post(
     response_model=PostOut,
     responses=problem_responses(401, 403, 404, 413, 422),
 )
-async def replace_post(
-    body: PostReplace,
-    post: OwnedPost,
-    caller: CurrentPrincipal,
-    db: DbSession,
-    backends: BackendsDep,
-) -> PostOut:
-    return await posts.change(db, backends, post, body, caller)
+async def replace_post(body: PostReplace, edit: PostEdit) -> PostOut:
+    return await edit(body)
 
 
 @router.patch(
@@ -106,14 +116,8 @@ async def replace_post(
     response_model=PostOut,
     responses=problem_responses(401, 403, 404, 413, 422),
 )
-async def patch_post(
-    body: PostPatch,
-    post: OwnedPost,
-    caller: CurrentPrincipal,
-    db: DbSession,
-    backends: BackendsDep,
-) -> PostOut:
-    return await posts.change(db, backends, post, body, caller)
+async def patch_post(body: PostPatch, edit: PostEdit) -> PostOut:
+    return await edit(body)
 
 
 @router.delete(
@@ -125,7 +129,7 @@ async def patch_post(
     responses=problem_responses(401, 403, 404, 422),
 )
 async def delete_post(post: OwnedPost, db: DbSession, backends: BackendsDep) -> Response:
-    await posts.delete_post(db, backends, post)
+    await posts.delete_post(db, backends, post=post)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -138,9 +142,9 @@ async def delete_post(post: OwnedPost, db: DbSession, backends: BackendsDep) -> 
     responses=problem_responses(401, 404, 422),
 )
 async def like_post(
-    caller: CurrentPrincipal, post: VisiblePost, db: DbSession, stores: StoresDep
+    caller: CurrentPrincipal, post: VisiblePost, db: DbSession, backends: BackendsDep
 ) -> Response:
-    await posts.set_like(db, stores.cache, post, caller, liked=True)
+    await posts.set_like(db, backends, post=post, user=caller, liked=True)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -153,7 +157,7 @@ async def like_post(
     responses=problem_responses(401, 404, 422),
 )
 async def unlike_post(
-    caller: CurrentPrincipal, post: VisiblePost, db: DbSession, stores: StoresDep
+    caller: CurrentPrincipal, post: VisiblePost, db: DbSession, backends: BackendsDep
 ) -> Response:
-    await posts.set_like(db, stores.cache, post, caller, liked=False)
+    await posts.set_like(db, backends, post=post, user=caller, liked=False)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -26,4 +26,4 @@ async def list_tags(
     q: Annotated[str | None, Query(max_length=32, description="Name prefix")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> list[TagCount]:
-    return await posts.popular_tags(db, q, limit)
+    return await posts.popular_tags(db, prefix=q, limit=limit)

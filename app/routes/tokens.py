@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from starlette.datastructures import MutableHeaders
 from starlette.types import Message, Receive, Scope, Send
 
-from app.dependencies import ClientDep, DbSession, SecurityDep, StoresDep
-from app.errors import AppError
+from app.dependencies import BackendsDep, ClientDep, DbSession
+from app.errors import UnsupportedGrantType
 from app.schemas.common import problem_responses
 from app.schemas.token import (
     Empty,
@@ -44,12 +44,6 @@ class NoStoreRoute(APIRoute):
 router = APIRouter(prefix="/api/token", tags=["tokens"], route_class=NoStoreRoute)
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-
-class UnsupportedGrantType(AppError):
-    code = "unsupported_grant_type"
-    title = "Unsupported grant type"
-    detail = "Only the OAuth2 password grant is supported here."
 
 
 async def login_request(request: Request) -> LoginRequest:
@@ -105,14 +99,17 @@ _LOGIN_BODY = {
 async def login(
     credentials: Annotated[LoginRequest, Depends(login_request)],
     db: DbSession,
-    security: SecurityDep,
-    stores: StoresDep,
+    backends: BackendsDep,
     client: ClientDep,
 ) -> TokenPair:
     user = await auth.authenticate(
-        db, security, stores.limiter, credentials.username, credentials.password, client
+        db,
+        backends,
+        login=credentials.username,
+        password=credentials.password,
+        client=client,
     )
-    return await auth.start_session(db, security, user, client)
+    return await auth.start_session(db, backends, user=user, client=client)
 
 
 # `/api/token/` answers too, without a redirect (simplejwt's path has the slash).
@@ -134,10 +131,8 @@ router.add_api_route(
     response_model=TokenPair,
     responses=problem_responses(401, 413, 422, 503),
 )
-async def refresh(
-    body: RefreshRequest, db: DbSession, security: SecurityDep, stores: StoresDep
-) -> TokenPair:
-    return await auth.refresh(db, security, stores.sessions, body.refresh_token)
+async def refresh(body: RefreshRequest, db: DbSession, backends: BackendsDep) -> TokenPair:
+    return await auth.refresh(db, backends, refresh_token=body.refresh_token)
 
 
 @router.post(
@@ -149,8 +144,8 @@ async def refresh(
     response_model=Empty,
     responses=problem_responses(401, 413, 422),
 )
-async def verify(body: VerifyRequest, db: DbSession, security: SecurityDep) -> Empty:
-    await auth.verify(db, security, body.token)
+async def verify(body: VerifyRequest, db: DbSession, backends: BackendsDep) -> Empty:
+    await auth.verify(db, backends, token=body.token)
     return Empty()
 
 
@@ -164,8 +159,6 @@ async def verify(body: VerifyRequest, db: DbSession, security: SecurityDep) -> E
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(401, 413, 422, 503),
 )
-async def revoke(
-    body: RevokeRequest, db: DbSession, security: SecurityDep, stores: StoresDep
-) -> Response:
-    await auth.revoke(db, security, stores.sessions, body.refresh_token)
+async def revoke(body: RevokeRequest, db: DbSession, backends: BackendsDep) -> Response:
+    await auth.revoke(db, backends, refresh_token=body.refresh_token)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

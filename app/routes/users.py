@@ -12,9 +12,7 @@ from app.dependencies import (
     CurrentUser,
     DbSession,
     PageParams,
-    SecurityDep,
     SessionFactory,
-    StoresDep,
     UserById,
 )
 from app.routes.tokens import NO_STORE
@@ -48,11 +46,10 @@ async def register(
     body: UserCreate,
     response: Response,
     db: DbSession,
-    security: SecurityDep,
     backends: BackendsDep,
     client: ClientDep,
 ) -> Registered:
-    user, tokens = await users.register(db, security, backends, body, client)
+    user, tokens = await users.register(db, backends, data=body, client=client)
     response.headers["Location"] = f"/api/users/{user.id}"
     response.headers.update(NO_STORE)  # the body carries tokens
     return Registered(user=users.to_out(user), tokens=tokens)
@@ -86,7 +83,7 @@ async def read_me(user: CurrentUser) -> UserOut:
 async def update_me(
     body: ProfileUpdate, user: CurrentUser, db: DbSession, backends: BackendsDep
 ) -> UserOut:
-    return users.to_out(await users.update(db, backends, user, body))
+    return users.to_out(await users.update(db, backends, user=user, changes=body))
 
 
 @router.post(
@@ -104,10 +101,9 @@ async def change_password(
     caller: CurrentPrincipal,
     user: CurrentUser,
     db: DbSession,
-    security: SecurityDep,
-    stores: StoresDep,
+    backends: BackendsDep,
 ) -> Response:
-    await users.change_password(db, security, stores, user, caller.session_id, body)
+    await users.change_password(db, backends, user=user, session_id=caller.session_id, data=body)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -120,7 +116,7 @@ async def change_password(
     responses=problem_responses(401, 409, 503),
 )
 async def delete_me(user: CurrentUser, db: DbSession, backends: BackendsDep) -> Response:
-    await users.delete(db, backends, user)
+    await users.delete(db, backends, user=user)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -145,9 +141,9 @@ async def list_sessions(caller: CurrentPrincipal, db: DbSession) -> list[Session
     responses=problem_responses(401, 404, 422, 503),
 )
 async def end_session(
-    session_id: uuid.UUID, caller: CurrentPrincipal, db: DbSession, stores: StoresDep
+    session_id: uuid.UUID, caller: CurrentPrincipal, db: DbSession, backends: BackendsDep
 ) -> Response:
-    await auth.end_session(db, stores.sessions, caller.id, session_id)
+    await auth.end_session(db, backends, user_id=caller.id, session_id=session_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -162,7 +158,7 @@ async def end_session(
     responses=problem_responses(400, 409, 413, 422),
 )
 async def verify_email(body: TokenBody, db: DbSession) -> UserOut:
-    return users.to_out(await emails.verify(db, body.token))
+    return users.to_out(await emails.verify(db, token=body.token))
 
 
 @router.post(
@@ -177,8 +173,8 @@ async def verify_email(body: TokenBody, db: DbSession) -> UserOut:
 async def resend_verification(
     user: CurrentUser, sessions: SessionFactory, backends: BackendsDep, later: BackgroundTasks
 ) -> Response:
-    await emails.limit_verification_resend(backends, user)
-    later.add_task(emails.resend_verification, sessions, backends, user.id)
+    await emails.limit_verification_resend(backends, user=user)
+    later.add_task(emails.resend_verification, sessions, backends, user_id=user.id)
     return Response(status_code=status.HTTP_202_ACCEPTED)
 
 
@@ -190,7 +186,7 @@ async def resend_verification(
     responses=problem_responses(401, 403, 422),
 )
 async def list_users(_: AdminPrincipal, page: PageParams, db: DbSession) -> Page[UserOut]:
-    return await users.list_users(db, page)
+    return await users.list_users(db, page=page)
 
 
 # `:int`: only numbers name a user, so `/api/users/verify` and `/api/users/me` never reach these
@@ -216,9 +212,9 @@ async def read_user(user: UserById) -> UserPublic:
     responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
 )
 async def admin_update(
-    _: AdminPrincipal, body: AdminUserUpdate, user: UserById, db: DbSession, stores: StoresDep
+    _: AdminPrincipal, body: AdminUserUpdate, user: UserById, db: DbSession, backends: BackendsDep
 ) -> UserOut:
-    return users.to_out(await users.admin_update(db, stores, user, body))
+    return users.to_out(await users.admin_update(db, backends, user=user, changes=body))
 
 
 @router.delete(
@@ -231,5 +227,5 @@ async def admin_update(
 async def admin_delete(
     _: AdminPrincipal, user: UserById, db: DbSession, backends: BackendsDep
 ) -> Response:
-    await users.delete(db, backends, user)
+    await users.delete(db, backends, user=user)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

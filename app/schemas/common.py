@@ -14,6 +14,11 @@ NUL_FREE_PATTERN = r"^[^\u0000]*$"
 NOT_BLANK_PATTERN = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
 
 
+def example(values: dict[str, Any]) -> ConfigDict:
+    """A model's configuration that shows `values` as its example in the API document."""
+    return ConfigDict(json_schema_extra={"example": values})
+
+
 class NulFreeModel(BaseModel):
     """Refuses the NUL character anywhere in its text: PostgreSQL cannot store or compare it.
     Its JSON schema says so: free text gets `NUL_FREE_PATTERN`."""
@@ -112,15 +117,13 @@ class ValidationIssue(BaseModel):
 class Problem(BaseModel):
     """An RFC 9457 problem document; `code` is stable and meant for programs."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "example": {
-                "type": "/problems/post-not-found",
-                "title": "Not found",
-                "status": 404,
-                "detail": "No such post.",
-                "code": "post_not_found",
-            }
+    model_config = example(
+        {
+            "type": "/problems/post-not-found",
+            "title": "Not found",
+            "status": 404,
+            "detail": "No such post.",
+            "code": "post_not_found",
         }
     )
 

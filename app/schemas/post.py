@@ -3,9 +3,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, JsonValue, StringConstraints
 
-from app.schemas.common import NOT_BLANK_PATTERN, NulFreeModel, PatchModel, RequestModel
+from app.schemas.common import (
+    NOT_BLANK_PATTERN,
+    NulFreeModel,
+    PageQuery,
+    PatchModel,
+    RequestModel,
+    example,
+)
 from app.schemas.image import ImageOut
 
 MAX_TAGS = 10
@@ -45,7 +52,7 @@ _POST_EXAMPLE: dict[str, JsonValue] = {
 
 
 class PostCreate(RequestModel):
-    model_config = ConfigDict(json_schema_extra={"example": _POST_EXAMPLE})
+    model_config = example(_POST_EXAMPLE)
 
     title: Title
     content: Content
@@ -56,7 +63,7 @@ class PostCreate(RequestModel):
 class PostReplace(RequestModel):
     """PUT: the whole post; every field is required."""
 
-    model_config = ConfigDict(json_schema_extra={"example": _POST_EXAMPLE})
+    model_config = example(_POST_EXAMPLE)
 
     title: Title
     content: Content
@@ -67,7 +74,7 @@ class PostReplace(RequestModel):
 class PostPatch(PatchModel):
     """PATCH: any subset of the fields; `null` is not a value any of them takes."""
 
-    model_config = ConfigDict(json_schema_extra={"example": {"title": "A better title"}})
+    model_config = example({"title": "A better title"})
 
     title: Title | None = None
     content: Content | None = None
@@ -99,11 +106,10 @@ PostSort = Literal[
 ]
 
 
-class PostQuery(NulFreeModel):
-    """Paging, sorting and filtering of the post list, validated in one place."""
+class PostQuery(PageQuery, NulFreeModel):
+    """Paging (`limit`, `offset`), sorting and filtering of the post list, validated in one
+    place."""
 
-    limit: int = Field(20, ge=1, le=100, description="Page size")
-    offset: int = Field(0, ge=0, le=1_000_000, description="Items to skip")
     sort: PostSort = Field(
         "-created_at", description="Sort key; `-` prefix for descending. Ties break by id."
     )

@@ -5,15 +5,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from app.schemas.common import RequestModel
+from app.schemas.common import RequestModel, example
 
 MAX_TOKEN_LENGTH = 4096
 
 
 class LoginRequest(RequestModel):
-    model_config = ConfigDict(
-        json_schema_extra={"example": {"username": "alice", "password": "correct horse battery"}}
-    )
+    model_config = example({"username": "alice", "password": "correct horse battery"})
 
     username: str = Field(min_length=1, max_length=254, description="Username or e-mail address")
     password: str = Field(min_length=1, max_length=128)
@@ -25,21 +23,19 @@ _REFRESH_EXAMPLE: JsonDict = {
 
 
 class RefreshRequest(RequestModel):
-    model_config = ConfigDict(json_schema_extra={"example": _REFRESH_EXAMPLE})
+    model_config = example(_REFRESH_EXAMPLE)
 
     refresh_token: str = Field(min_length=1, max_length=MAX_TOKEN_LENGTH)
 
 
 class RevokeRequest(RequestModel):
-    model_config = ConfigDict(json_schema_extra={"example": _REFRESH_EXAMPLE})
+    model_config = example(_REFRESH_EXAMPLE)
 
     refresh_token: str = Field(min_length=1, max_length=MAX_TOKEN_LENGTH)
 
 
 class VerifyRequest(RequestModel):
-    model_config = ConfigDict(
-        json_schema_extra={"example": {"token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.c2ln"}}
-    )
+    model_config = example({"token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.c2ln"})
 
     token: str = Field(min_length=1, max_length=MAX_TOKEN_LENGTH)
 

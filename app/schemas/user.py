@@ -15,7 +15,7 @@ from pydantic import (
 )
 
 from app.core import password_policy
-from app.schemas.common import PatchModel, RequestModel
+from app.schemas.common import PatchModel, RequestModel, example
 from app.schemas.token import TokenPair
 
 USERNAME_PATTERN = r"^[a-z0-9_]{3,32}$"
@@ -54,14 +54,12 @@ Bio = Annotated[str, Field(max_length=2000)]
 
 
 class UserCreate(RequestModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "example": {
-                "email": "alice@example.com",
-                "username": "alice",
-                "password": "correct horse battery",
-                "full_name": "Alice Liddell",
-            }
+    model_config = example(
+        {
+            "email": "alice@example.com",
+            "username": "alice",
+            "password": "correct horse battery",
+            "full_name": "Alice Liddell",
         }
     )
 
@@ -75,9 +73,7 @@ class UserCreate(RequestModel):
 class UserUpdate(PatchModel):
     """What users may change about themselves; `role` and friends are refused."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"example": {"full_name": "Alice Liddell", "bio": "Writes about tea."}}
-    )
+    model_config = example({"full_name": "Alice Liddell", "bio": "Writes about tea."})
 
     full_name: FullName | None = None
     bio: Bio | None = None
@@ -110,7 +106,7 @@ class ProfileUpdate(UserUpdate):
 
 
 class AdminUserUpdate(UserUpdate):
-    model_config = ConfigDict(json_schema_extra={"example": {"role": "admin", "is_active": True}})
+    model_config = example({"role": "admin", "is_active": True})
 
     role: Literal["user", "admin"] | None = None
     is_active: bool | None = None
@@ -118,12 +114,10 @@ class AdminUserUpdate(UserUpdate):
 
 
 class PasswordChange(RequestModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "example": {
-                "current_password": "correct horse battery",
-                "new_password": "staple battery horse correct",
-            }
+    model_config = example(
+        {
+            "current_password": "correct horse battery",
+            "new_password": "staple battery horse correct",
         }
     )
 
@@ -164,23 +158,19 @@ class SessionOut(BaseModel):
 
 
 class TokenBody(RequestModel):
-    model_config = ConfigDict(json_schema_extra={"example": {"token": "Zk9xY2V0aGUtdG9rZW4"}})
+    model_config = example({"token": "Zk9xY2V0aGUtdG9rZW4"})
 
     token: str = Field(min_length=1, max_length=512)
 
 
 class PasswordResetRequest(RequestModel):
-    model_config = ConfigDict(json_schema_extra={"example": {"email": "alice@example.com"}})
+    model_config = example({"email": "alice@example.com"})
 
     email: Email
 
 
 class PasswordResetConfirm(RequestModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "example": {"token": "Zk9xY2V0aGUtdG9rZW4", "new_password": "staple battery horse"}
-        }
-    )
+    model_config = example({"token": "Zk9xY2V0aGUtdG9rZW4", "new_password": "staple battery horse"})
 
     token: str = Field(min_length=1, max_length=512)
     new_password: Password

@@ -6,9 +6,9 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.security import IssuedToken, TokenClaims, fingerprint
+from app.core.security import IssuedToken, Security, TokenClaims, fingerprint
 from app.database.types import utcnow
 from app.errors import (
     InactiveUser,
@@ -21,11 +21,19 @@ from app.errors import (
 from app.models import AuthSession, Role, User
 from app.schemas.token import TokenPair
 from app.schemas.user import SessionOut
-from app.services.security import Client, Security
+from app.services.backends import Backends
 from app.stores.rate_limit import RateLimiter, client_network
-from app.stores.sessions import CachedSession, SessionCache
+from app.stores.sessions import CachedSession
 
 USER_AGENT_MAX = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Who is calling, as recorded on the sessions they open."""
+
+    user_agent: str = ""
+    ip: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +50,7 @@ class Principal:
 
 
 async def authenticate(
-    db: AsyncSession,
-    security: Security,
-    limiter: RateLimiter,
-    login: str,
-    password: str,
-    client: Client,
+    db: AsyncSession, backends: Backends, *, login: str, password: str, client: Client
 ) -> User:
     """The user with this username or e-mail and password; the same answer and cost if unknown.
 
@@ -55,6 +58,7 @@ async def authenticate(
     address, under an account-wide ceiling: see `_admit`. Nothing is reset by a success, so
     nobody can clear counters by logging in between guesses.
     """
+    limiter, passwords = backends.stores.limiter, backends.security.passwords
     network = client_network(client.ip)
     await limiter.hit(limiter.login_ip, network)
     login = login.strip().lower()
@@ -64,7 +68,7 @@ async def authenticate(
     await db.commit()
     account = f"user:{user.id}" if user else f"login:{login}"
     await _admit(limiter, account, network)
-    if not await security.passwords.verify(user.password_hash if user else None, password):
+    if not await passwords.verify(user.password_hash if user else None, password):
         await limiter.record(limiter.login_account, account, network)
         await limiter.record(limiter.login_account_ceiling, account)
         await limiter.record(limiter.login_failed_recently, account, network)
@@ -74,8 +78,8 @@ async def authenticate(
         raise InactiveUser
     if limiter.remembers_addresses:
         await limiter.record(limiter.login_known_address, account, network)
-    if security.passwords.needs_rehash(user.password_hash):
-        user.password_hash = await security.passwords.hash(password)
+    if passwords.needs_rehash(user.password_hash):
+        user.password_hash = await passwords.hash(password)
     return user
 
 
@@ -109,9 +113,10 @@ async def _admit(limiter: RateLimiter, account: str, network: str) -> None:
 
 
 async def start_session(
-    db: AsyncSession, security: Security, user: User, client: Client
+    db: AsyncSession, backends: Backends, *, user: User, client: Client
 ) -> TokenPair:
     """Open a session for a freshly authenticated user and issue its first token pair."""
+    security = backends.security
     session_id = uuid.uuid4()
     expires_at = utcnow() + security.tokens.refresh_ttl
     refresh = security.tokens.issue("refresh", user.id, session_id, expires_at)
@@ -129,15 +134,14 @@ async def start_session(
     return _pair(security, refresh)
 
 
-async def refresh(
-    db: AsyncSession, security: Security, sessions: SessionCache, refresh_token: str
-) -> TokenPair:
+async def refresh(db: AsyncSession, backends: Backends, *, refresh_token: str) -> TokenPair:
     """Rotate: exchange a refresh token for a new pair, spending it.
 
     The swap is one conditional UPDATE (a compare-and-set on the stored fingerprint), so of two
     concurrent refreshes with the same token at most one succeeds. A token that is no longer the
     session's current one was stolen or replayed: the whole session ends.
     """
+    security = backends.security
     claims = security.tokens.decode(refresh_token, "refresh")
     now = utcnow()
     session = await db.get(AuthSession, claims.session_id)
@@ -161,18 +165,16 @@ async def refresh(
         user_active = await db.scalar(select(User.is_active).where(User.id == claims.user_id))
         await _revoke(db, AuthSession.id == session.id)
         await db.commit()
-        await sessions.revoke([session.id])
+        await backends.stores.sessions.revoke([session.id])
         raise InactiveUser if not user_active else RefreshTokenReused
     await db.commit()
     return _pair(security, new_refresh)
 
 
-async def revoke(
-    db: AsyncSession, security: Security, sessions: SessionCache, refresh_token: str
-) -> None:
+async def revoke(db: AsyncSession, backends: Backends, *, refresh_token: str) -> None:
     """Log out: end the session the refresh token belongs to."""
     try:
-        claims = security.tokens.decode(refresh_token, "refresh")
+        claims = backends.security.tokens.decode(refresh_token, "refresh")
     except TokenExpired:
         return  # the session has ended by itself
     ended = await _revoke(
@@ -183,12 +185,12 @@ async def revoke(
     tell = ended > 0 or await _owns(db, claims.user_id, claims.session_id)
     await db.commit()
     if tell:
-        await sessions.revoke([claims.session_id])
+        await backends.stores.sessions.revoke([claims.session_id])
 
 
-async def verify(db: AsyncSession, security: Security, token: str) -> None:
+async def verify(db: AsyncSession, backends: Backends, *, token: str) -> None:
     """Check any token: signature, claims, and that its session is still live."""
-    claims = security.tokens.decode(token, None)
+    claims = backends.security.tokens.decode(token, None)
     session = await db.get(AuthSession, claims.session_id)
     if not _is_live(session, claims) or (
         claims.type == "refresh" and session.refresh_token_hash != fingerprint(token)  # type: ignore[union-attr]
@@ -199,24 +201,20 @@ async def verify(db: AsyncSession, security: Security, token: str) -> None:
         raise InactiveUser
 
 
-async def principal(
-    read_sessions: async_sessionmaker[AsyncSession],
-    security: Security,
-    sessions: SessionCache,
-    access_token: str,
-) -> Principal:
+async def principal(backends: Backends, *, access_token: str) -> Principal:
     """The caller behind an access token, whose session must still be live.
 
     With Redis the answer usually comes from the session cache; otherwise one primary-key join,
     in a session opened only then.
     """
-    claims = security.tokens.decode(access_token, "access")
+    sessions = backends.stores.sessions
+    claims = backends.security.tokens.decode(access_token, "access")
     lookup = await sessions.lookup(claims.session_id, claims.user_id)
     if lookup.revoked:
         raise TokenRevoked
     if lookup.hit is not None:
         return Principal(claims.user_id, claims.session_id, lookup.hit.role)
-    async with read_sessions() as db:
+    async with backends.read_sessions() as db:
         row = (
             await db.execute(
                 select(User.role, User.is_active, AuthSession)
@@ -257,8 +255,9 @@ async def list_sessions(db: AsyncSession, caller: Principal) -> list[SessionOut]
 
 
 async def end_session(
-    db: AsyncSession, sessions: SessionCache, user_id: int, session_id: uuid.UUID
+    db: AsyncSession, backends: Backends, *, user_id: int, session_id: uuid.UUID
 ) -> None:
+    sessions = backends.stores.sessions
     ended = await _revoke(db, AuthSession.id == session_id, AuthSession.user_id == user_id)
     if not ended:
         # Ended before, perhaps by this same request answered 503 (Redis unreachable): tell
@@ -272,7 +271,7 @@ async def end_session(
     await sessions.revoke([session_id])
 
 
-async def end_sessions(db: AsyncSession, user_id: int, keep: uuid.UUID | None = None) -> int:
+async def end_sessions(db: AsyncSession, user_id: int, *, keep: uuid.UUID | None = None) -> int:
     """End every live session of a user, except `keep`. The caller commits, then tells the
     session cache with `SessionCache.user_changed`."""
     conditions = [AuthSession.user_id == user_id]

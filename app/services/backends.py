@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.core.media import MediaStorage
 from app.core.queue import JobOutbox, TaskRunner
-from app.services.security import Security
+from app.core.security import Security
 from app.stores import Stores
 
 

@@ -1,5 +1,5 @@
-"""E-mail flows: address verification and password reset, with single-use expiring tokens of
-which only the SHA-256 is stored."""
+"""E-mail flows: address verification and changes, with single-use expiring tokens of which
+only the SHA-256 is stored (password reset, in `passwords`, uses the same tokens)."""
 
 from __future__ import annotations
 
@@ -20,49 +20,40 @@ from app.core.mail import Mailer, render
 from app.core.queue import SEND_EMAIL, JobOutbox
 from app.core.security import fingerprint
 from app.database.types import utcnow
-from app.errors import AppError, EmailTaken
+from app.errors import EmailTaken, EmailTokenInvalid
 from app.models import EmailToken, OutboxJob, Task, TaskState, TokenPurpose, User
-from app.services import auth, tasks
+from app.services import tasks
 from app.services.backends import Backends
-from app.services.security import Client, Security
-from app.stores import Stores
 
 logger = logging.getLogger(__name__)
 
 
-class EmailTokenInvalid(AppError):
-    status = 400
-    code = "email_token_invalid"
-    title = "Invalid or expired link"
-    detail = "This link is invalid, expired or already used. Ask for a new one."
-
-
-async def send_verification(db: AsyncSession, backends: Backends, user: User) -> str:
+async def send_verification(db: AsyncSession, backends: Backends, *, user: User) -> str:
     """Queue a verification e-mail for the user's current address; returns the task id."""
     settings = backends.settings
-    token = await _new_token(
+    token = await new_token(
         db, user, TokenPurpose.VERIFY_EMAIL, timedelta(hours=settings.email_verify_token_hours)
     )
-    return await _queue(
+    return await queue_email(
         db,
         backends.outbox,
         user,
         template="verify_email",
         subject="Confirm your e-mail address",
         values={
-            "link": _link(settings, "verify-email", token),
+            "link": link(settings, "verify-email", token),
             "hours": str(settings.email_verify_token_hours),
         },
     )
 
 
-async def limit_verification_resend(backends: Backends, user: User) -> None:
+async def limit_verification_resend(backends: Backends, *, user: User) -> None:
     limiter = backends.stores.limiter
     await limiter.hit(limiter.verify_resend, f"user:{user.id}")
 
 
 async def resend_verification(
-    sessions: async_sessionmaker[AsyncSession], backends: Backends, user_id: int
+    sessions: async_sessionmaker[AsyncSession], backends: Backends, *, user_id: int
 ) -> None:
     """Queue another verification e-mail unless the address is verified. Runs after the
     answer (`limit_verification_resend` came before), which is the same either way."""
@@ -73,10 +64,10 @@ async def resend_verification(
         if user.pending_email is not None:
             await _send_pending_verification(db, backends, user)
         elif not user.is_verified:
-            await send_verification(db, backends, user)
+            await send_verification(db, backends, user=user)
 
 
-async def send_email_change(db: AsyncSession, backends: Backends, user: User) -> None:
+async def send_email_change(db: AsyncSession, backends: Backends, *, user: User) -> None:
     """Tell the current address that a change to `pending_email` was asked for, and send the
     pending address its link."""
     assert user.pending_email is not None
@@ -101,7 +92,7 @@ async def _send_pending_verification(
     assert pending is not None
     owner = await db.scalar(select(User).where(User.email == pending))
     if owner is not None:
-        await _queue(
+        await queue_email(
             db,
             backends.outbox,
             owner,
@@ -112,25 +103,25 @@ async def _send_pending_verification(
         )
         return
     hours = settings.email_verify_token_hours
-    token = await _new_token(
+    token = await new_token(
         db, user, TokenPurpose.VERIFY_EMAIL, timedelta(hours=hours), email=pending
     )
-    await _queue(
+    await queue_email(
         db,
         backends.outbox,
         user,
         template="verify_email_change",
         subject="Confirm your new e-mail address",
-        values={"link": _link(settings, "verify-email", token), "hours": str(hours)},
+        values={"link": link(settings, "verify-email", token), "hours": str(hours)},
         to=pending,
         earlier=earlier,
     )
 
 
-async def verify(db: AsyncSession, token: str) -> User:
+async def verify(db: AsyncSession, *, token: str) -> User:
     """Verify the current address, or make the pending one current (409 if another account got
     it meanwhile; the link then stays usable)."""
-    row = await _use_token(db, token, TokenPurpose.VERIFY_EMAIL)
+    row = await use_token(db, token, TokenPurpose.VERIFY_EMAIL)
     user = await db.get(User, row.user_id)
     if user is None:
         raise EmailTokenInvalid
@@ -149,59 +140,7 @@ async def verify(db: AsyncSession, token: str) -> User:
     return user
 
 
-async def limit_password_reset(backends: Backends, client: Client) -> None:
-    limiter = backends.stores.limiter
-    await limiter.hit(limiter.password_reset_ip, client.ip)
-
-
-async def request_password_reset(
-    sessions: async_sessionmaker[AsyncSession], backends: Backends, email: str
-) -> None:
-    """Queue a reset e-mail if the account exists. Runs after the 202 (only
-    `limit_password_reset` comes before it), so the answer takes the same time either way."""
-    settings = backends.settings
-    async with sessions() as db:
-        user = await db.scalar(select(User).where(User.email == email.lower(), User.is_active))
-        if user is None:
-            return
-        minutes = settings.password_reset_token_minutes
-        token = await _new_token(db, user, TokenPurpose.RESET_PASSWORD, timedelta(minutes=minutes))
-        await _queue(
-            db,
-            backends.outbox,
-            user,
-            template="reset_password",
-            subject="Reset your password",
-            values={"link": _link(settings, "reset-password", token), "minutes": str(minutes)},
-        )
-
-
-async def reset_password(
-    db: AsyncSession, security: Security, stores: Stores, token: str, new_password: str
-) -> None:
-    """Set a new password from a reset link; the link dies, and so does every session."""
-    row = await _use_token(db, token, TokenPurpose.RESET_PASSWORD)
-    user = await db.get(User, row.user_id)
-    if user is None or not user.is_active:
-        raise EmailTokenInvalid
-    await db.commit()  # release the connection while the new password hashes
-    user.password_hash = await security.passwords.hash(new_password)
-    db.add(user)
-    await db.execute(
-        update(EmailToken)
-        .where(
-            EmailToken.user_id == user.id,
-            EmailToken.purpose == TokenPurpose.RESET_PASSWORD,
-            EmailToken.used_at.is_(None),
-        )
-        .values(used_at=utcnow())
-    )
-    await auth.end_sessions(db, user.id)
-    await db.commit()
-    await stores.sessions.user_changed(user.id)
-
-
-async def _new_token(
+async def new_token(
     db: AsyncSession,
     user: User,
     purpose: TokenPurpose,
@@ -222,7 +161,7 @@ async def _new_token(
     return token
 
 
-async def _use_token(db: AsyncSession, token: str, purpose: TokenPurpose) -> EmailToken:
+async def use_token(db: AsyncSession, token: str, purpose: TokenPurpose) -> EmailToken:
     """Spend a token: one conditional UPDATE, so two concurrent uses cannot both succeed."""
     now = utcnow()
     row = await db.scalar(
@@ -241,7 +180,7 @@ async def _use_token(db: AsyncSession, token: str, purpose: TokenPurpose) -> Ema
     return row
 
 
-async def _queue(
+async def queue_email(
     db: AsyncSession,
     outbox: JobOutbox,
     user: User,
@@ -282,7 +221,7 @@ def _record(
     )
 
 
-def _link(settings: Settings, page: str, token: str) -> str:
+def link(settings: Settings, page: str, token: str) -> str:
     return f"{settings.email_link_base}/{page}?{urlencode({'token': token})}"
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import joinedload, selectinload
 from app.core.media import MediaStorage
 from app.database.types import utcnow
 from app.database.upsert import insert_ignoring_conflicts
-from app.errors import Forbidden, NotPostAuthor, PostNotFound
+from app.errors import EmailNotVerified, NotPostAuthor, PostNotFound
 from app.models import Post, PostLike, Tag, User, post_tag
 from app.schemas.common import Page
 from app.schemas.post import (
@@ -29,7 +29,6 @@ from app.services import images
 from app.services.backends import Backends
 from app.stores.cache import (
     LIST_GENERATIONS,
-    Cache,
     list_slot,
     post_generations,
     post_slot,
@@ -74,7 +73,7 @@ def _visible_to(viewer: Viewer | None) -> ColumnElement[bool] | None:
     return or_(Post.published.is_(True), Post.author_id == viewer.id)
 
 
-async def get_visible(db: AsyncSession, post_id: int, viewer: Viewer | None) -> Post:
+async def get_visible(db: AsyncSession, *, post_id: int, viewer: Viewer | None) -> Post:
     stmt = _with_relations(select(Post).where(Post.id == post_id))
     if (visible := _visible_to(viewer)) is not None:
         stmt = stmt.where(visible)
@@ -90,7 +89,7 @@ def ensure_can_edit(post: Post, user: Viewer) -> Post:
     return post
 
 
-async def read_json(backends: Backends, post_id: int, viewer: Viewer | None) -> bytes:
+async def read_json(backends: Backends, *, post_id: int, viewer: Viewer | None) -> bytes:
     """The post as this viewer sees it, as JSON: from the cache when it is fresh, otherwise
     from one query (post, author, tags, images and the viewer's like together)."""
     cache = backends.stores.cache
@@ -118,7 +117,7 @@ async def read_json(backends: Backends, post_id: int, viewer: Viewer | None) -> 
     return body
 
 
-async def list_json(backends: Backends, query: PostQuery, viewer: Viewer | None) -> bytes:
+async def list_json(backends: Backends, *, query: PostQuery, viewer: Viewer | None) -> bytes:
     """One page of posts as JSON, from the cache when it is fresh."""
     cache = backends.stores.cache
     query_key = hashlib.blake2b(query.model_dump_json().encode(), digest_size=12).hexdigest()
@@ -126,18 +125,15 @@ async def list_json(backends: Backends, query: PostQuery, viewer: Viewer | None)
     if lookup.value is not None:
         return lookup.value
     async with backends.read_sessions() as db:
-        page = await list_posts(db, backends.media, query, viewer)
+        page = await list_posts(db, backends, query=query, viewer=viewer)
     body = page.model_dump_json().encode()
     await cache.write(lookup, body)
     return body
 
 
-class EmailNotVerified(Forbidden):
-    code = "email_not_verified"
-    detail = "Verify your e-mail address before publishing; drafts are allowed meanwhile."
-
-
-async def create(db: AsyncSession, backends: Backends, author: User, data: PostCreate) -> PostOut:
+async def create(
+    db: AsyncSession, backends: Backends, *, author: User, data: PostCreate
+) -> PostOut:
     if data.published and backends.settings.require_email_verification and not author.is_verified:
         raise EmailNotVerified
     now = utcnow()
@@ -162,13 +158,14 @@ async def create(db: AsyncSession, backends: Backends, author: User, data: PostC
 async def change(
     db: AsyncSession,
     backends: Backends,
+    *,
     post: Post,
     changes: PostReplace | PostPatch,
     viewer: Viewer,
 ) -> PostOut:
     values = changes.model_dump(exclude_unset=not isinstance(changes, PostReplace))
     if not values:  # an empty PATCH changes nothing, not even updated_at
-        return await get_out(db, backends.media, post, viewer)
+        return await get_out(db, backends, post=post, viewer=viewer)
     verify = backends.settings.require_email_verification
     if values.get("published") and not post.published and verify:
         verified = await db.scalar(select(User.is_verified).where(User.id == post.author_id))
@@ -186,7 +183,7 @@ async def change(
     return to_out(post, backends.media, liked=liked)
 
 
-async def delete_post(db: AsyncSession, backends: Backends, post: Post) -> None:
+async def delete_post(db: AsyncSession, backends: Backends, *, post: Post) -> None:
     """Delete the post with its likes, tags links and images (files included)."""
     image_keys = [image.storage_key for image in post.images]
     await db.delete(post)
@@ -195,7 +192,9 @@ async def delete_post(db: AsyncSession, backends: Backends, post: Post) -> None:
     await backends.stores.cache.bump(*post_generations(post.id))
 
 
-async def set_like(db: AsyncSession, cache: Cache, post: Post, user: Viewer, liked: bool) -> None:
+async def set_like(
+    db: AsyncSession, backends: Backends, *, post: Post, user: Viewer, liked: bool
+) -> None:
     """Like or unlike, idempotently; the counter moves only when the like row changes."""
     if liked:
         changed = await insert_ignoring_conflicts(
@@ -215,17 +214,18 @@ async def set_like(db: AsyncSession, cache: Cache, post: Post, user: Viewer, lik
         )
     await db.commit()
     if changed:
-        await cache.bump(*post_generations(post.id))
+        await backends.stores.cache.bump(*post_generations(post.id))
 
 
 async def get_out(
-    db: AsyncSession, media: MediaStorage, post: Post, viewer: Viewer | None
+    db: AsyncSession, backends: Backends, *, post: Post, viewer: Viewer | None
 ) -> PostOut:
-    return to_out(post, media, liked=post.id in await _liked(db, viewer, [post.id]))
+    liked = post.id in await _liked(db, viewer, [post.id])
+    return to_out(post, backends.media, liked=liked)
 
 
 async def list_posts(
-    db: AsyncSession, media: MediaStorage, query: PostQuery, viewer: Viewer | None
+    db: AsyncSession, backends: Backends, *, query: PostQuery, viewer: Viewer | None
 ) -> Page[PostOut]:
     """One page: a count, the rows with their authors, their tags, and the viewer's likes."""
     conditions = list(_filters(query, viewer))
@@ -237,14 +237,14 @@ async def list_posts(
     posts = (await db.scalars(stmt.limit(query.limit).offset(query.offset))).unique().all()
     liked = await _liked(db, viewer, [p.id for p in posts])
     return Page(
-        items=[to_out(p, media, liked=p.id in liked) for p in posts],
+        items=[to_out(p, backends.media, liked=p.id in liked) for p in posts],
         total=total,
         limit=query.limit,
         offset=query.offset,
     )
 
 
-async def popular_tags(db: AsyncSession, prefix: str | None, limit: int) -> list[TagCount]:
+async def popular_tags(db: AsyncSession, *, prefix: str | None, limit: int) -> list[TagCount]:
     """Tags with the number of published posts carrying them, most used first."""
     count = func.count(post_tag.c.post_id)
     stmt = (

@@ -38,8 +38,6 @@ from app.schemas.user import (
 )
 from app.services import auth, emails, images
 from app.services.backends import Backends
-from app.services.security import Client, Security
-from app.stores import Stores
 from app.stores.cache import ALL_GENERATIONS
 
 
@@ -69,17 +67,13 @@ def to_public(user: User) -> UserPublic:
 
 
 async def register(
-    db: AsyncSession,
-    security: Security,
-    backends: Backends,
-    data: UserCreate,
-    client: Client,
+    db: AsyncSession, backends: Backends, *, data: UserCreate, client: auth.Client
 ) -> tuple[User, TokenPair]:
     """Create the account, log it in, and queue the verification e-mail."""
     await backends.stores.limiter.hit(backends.stores.limiter.register_ip, client.ip)
     await _ensure_unique(db, email=data.email, username=data.username)
     await db.commit()  # hand the connection back while the password hashes
-    password_hash = await security.passwords.hash(data.password)
+    password_hash = await backends.security.passwords.hash(data.password)
     user = User(
         email=data.email,
         username=data.username,
@@ -89,8 +83,8 @@ async def register(
     )
     db.add(user)
     await _flush_unique(db, email=data.email, username=data.username)
-    tokens = await auth.start_session(db, security, user, client)
-    await emails.send_verification(db, backends, user)
+    tokens = await auth.start_session(db, backends, user=user, client=client)
+    await emails.send_verification(db, backends, user=user)
     return user, tokens
 
 
@@ -106,7 +100,7 @@ _USERNAME: TypeAdapter[str] = TypeAdapter(Username)
 
 async def create_admin(
     db: AsyncSession,
-    security: Security,
+    backends: Backends,
     *,
     email: str,
     username: str,
@@ -146,7 +140,7 @@ async def create_admin(
     user = User(
         email=email,
         username=username,
-        password_hash=await security.passwords.hash(password),
+        password_hash=await backends.security.passwords.hash(password),
         role=Role.ADMIN,
         is_verified=True,
     )
@@ -194,7 +188,9 @@ async def get(db: AsyncSession, user_id: int) -> User:
     return user
 
 
-async def update(db: AsyncSession, backends: Backends, user: User, changes: ProfileUpdate) -> User:
+async def update(
+    db: AsyncSession, backends: Backends, *, user: User, changes: ProfileUpdate
+) -> User:
     """Change one's own profile. A new e-mail address needs the current password, and only
     waits as `pending_email` until the link sent to it is used (`emails.verify`): a stolen
     access token alone cannot move the account, or its password resets, to another mailbox."""
@@ -202,11 +198,9 @@ async def update(db: AsyncSession, backends: Backends, user: User, changes: Prof
     new_email = values.pop("email", None)
     if new_email is not None:
         assert changes.current_password is not None, "the schema requires it with an e-mail"
-        await _check_current_password(
-            db, backends.security, backends.stores, user, changes.current_password
-        )
+        await _check_current_password(db, backends, user, changes.current_password)
     if values:
-        await _apply(db, backends.stores, user, values)
+        await _apply(db, backends, user, values)
     if new_email is not None:
         await _request_email_change(db, backends, user, new_email)
     return user
@@ -227,7 +221,7 @@ async def update_unconfirmed(
     if "email" in values and values["email"] != user.email:
         values = {**values, "pending_email": None}
     if values:
-        await _apply(db, backends.stores, user, values)
+        await _apply(db, backends, user, values)
     if password is not None:
         user.password_hash = await backends.security.passwords.hash(password)
         await auth.end_sessions(db, user.id, keep=session_id)
@@ -250,41 +244,41 @@ async def _request_email_change(
     # oracle of who has an account): emails.verify refuses it when the link is used.
     # Committed with the e-mails queued about it, in one transaction.
     user.pending_email = new_email
-    await emails.send_email_change(db, backends, user)
+    await emails.send_email_change(db, backends, user=user)
 
 
 async def change_password(
     db: AsyncSession,
-    security: Security,
-    stores: Stores,
+    backends: Backends,
+    *,
     user: User,
     session_id: uuid.UUID,
     data: PasswordChange,
 ) -> None:
     """Set a new password; every session but the caller's ends."""
-    await _check_current_password(db, security, stores, user, data.current_password)
-    user.password_hash = await security.passwords.hash(data.new_password)
+    await _check_current_password(db, backends, user, data.current_password)
+    user.password_hash = await backends.security.passwords.hash(data.new_password)
     db.add(user)
     await auth.end_sessions(db, user.id, keep=session_id)
     await db.commit()
-    await stores.sessions.user_changed(user.id)
+    await backends.stores.sessions.user_changed(user.id)
 
 
 async def _check_current_password(
-    db: AsyncSession, security: Security, stores: Stores, user: User, password: str
+    db: AsyncSession, backends: Backends, user: User, password: str
 ) -> None:
     """`WrongPassword`, and wrong guesses counted per account: whoever holds a stolen access
     token gets a handful of tries, not a dictionary."""
-    limiter, key = stores.limiter, f"user:{user.id}"
+    limiter, key = backends.stores.limiter, f"user:{user.id}"
     await limiter.check(limiter.sensitive_account, key)
     current_hash = user.password_hash
     await db.commit()  # hand the connection back while the hash is checked
-    if not await security.passwords.verify(current_hash, password):
+    if not await backends.security.passwords.verify(current_hash, password):
         await limiter.hit(limiter.sensitive_account, key)
         raise WrongPassword
 
 
-async def delete(db: AsyncSession, backends: Backends, user: User) -> None:
+async def delete(db: AsyncSession, backends: Backends, *, user: User) -> None:
     """Delete the account with its posts, their images, likes and sessions."""
     if user.is_admin:
         await _ensure_other_admin(db, user)
@@ -303,7 +297,7 @@ async def delete(db: AsyncSession, backends: Backends, user: User) -> None:
     await backends.stores.cache.bump(*ALL_GENERATIONS)  # their posts and likes vanish
 
 
-async def list_users(db: AsyncSession, page: PageQuery) -> Page[UserOut]:
+async def list_users(db: AsyncSession, *, page: PageQuery) -> Page[UserOut]:
     limit, offset = page.limit, page.offset
     total = await db.scalar(select(func.count()).select_from(User)) or 0
     rows = await db.scalars(select(User).order_by(User.id).limit(limit).offset(offset))
@@ -311,7 +305,7 @@ async def list_users(db: AsyncSession, page: PageQuery) -> Page[UserOut]:
 
 
 async def admin_update(
-    db: AsyncSession, stores: Stores, user: User, changes: AdminUserUpdate
+    db: AsyncSession, backends: Backends, *, user: User, changes: AdminUserUpdate
 ) -> User:
     values = changes.changes()
     losing_admin = user.is_admin and (
@@ -321,11 +315,11 @@ async def admin_update(
         await _ensure_other_admin(db, user)
     if values.get("is_active") is False:
         await auth.end_sessions(db, user.id)
-    await _apply(db, stores, user, values)
+    await _apply(db, backends, user, values)
     return user
 
 
-async def _apply(db: AsyncSession, stores: Stores, user: User, values: dict[str, Any]) -> None:
+async def _apply(db: AsyncSession, backends: Backends, user: User, values: dict[str, Any]) -> None:
     """Apply profile changes, commit, and outdate what depended on the old values."""
     access_changed = any(
         field in values and values[field] != getattr(user, field) for field in ("role", "is_active")
@@ -344,9 +338,9 @@ async def _apply(db: AsyncSession, stores: Stores, user: User, values: dict[str,
     await _flush_unique(db, email=email, username=username)
     await db.commit()
     if access_changed:
-        await stores.sessions.user_changed(user.id)
+        await backends.stores.sessions.user_changed(user.id)
     if renamed:
-        await stores.cache.bump(*ALL_GENERATIONS)  # the name is on every post they wrote
+        await backends.stores.cache.bump(*ALL_GENERATIONS)  # the name is on every post they wrote
 
 
 async def _ensure_unique(

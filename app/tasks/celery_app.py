@@ -1,4 +1,4 @@
-"""The Celery application: `celery -A app.tasks.celery_app worker` or `python -m app worker`.
+"""The Celery application: `celery -A app.tasks worker` or `python -m app worker`.
 
 Tasks are acknowledged late and rejected when their worker dies, so a worker killed mid-task
 loses nothing: the broker delivers the task again (RabbitMQ at once; the Redis broker after
@@ -24,11 +24,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_postrun, task_prerun, worker_process_shutdown
 
 from app.config import get_settings
+from app.core.context import RequestContext, request_context
 from app.tasks import jobs
 from app.tasks.celery_config import create_celery
 from app.tasks.context import JobContext
-from app.tasks.runner import REQUEST_ID_HEADER, after_failure, record_failure
-from app.web.middleware import RequestContext, request_context
+from app.tasks.runner import CELERY_REQUEST_ID_HEADER, after_failure, record_failure
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,7 +80,7 @@ def _job_name(task: Task[Any, Any]) -> str:
 @task_prerun.connect
 def _task_started(task: Task[Any, Any], task_id: str, **_: Any) -> None:
     """The task's log lines carry the id of the request that queued it."""
-    request_id = task.request.get(REQUEST_ID_HEADER) or task_id
+    request_id = task.request.get(CELERY_REQUEST_ID_HEADER) or task_id
     request_context.set(RequestContext(request_id=str(request_id)))
     _started[task_id] = time.perf_counter()
     logger.info("task started", extra={"task": _job_name(task), "task_id": task_id})

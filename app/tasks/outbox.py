@@ -39,11 +39,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.core.context import current_request_id
 from app.core.queue import JOB_NAMES, Job, TaskRunner
 from app.database.types import utcnow
 from app.models import OutboxJob, Task, TaskState
 from app.tasks.runner import with_jitter
-from app.web.middleware import current_request_id
 
 logger = logging.getLogger(__name__)
 

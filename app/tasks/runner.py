@@ -15,6 +15,7 @@ from typing import Any
 import anyio.to_thread
 
 from app.config import Settings
+from app.core.context import RequestContext, request_context
 from app.core.faults import Delivered, Interrupted, JobBusy, RetryableError, is_transient
 from app.core.metrics import TASKS_QUEUED
 from app.core.queue import PROCESS_IMAGE, Job, TaskRunner
@@ -23,20 +24,19 @@ from app.services import tasks
 from app.tasks.celery_config import create_celery
 from app.tasks.context import JobContext
 from app.tasks.jobs import JOBS, give_up
-from app.web.middleware import RequestContext, request_context
 
 __all__ = ["CeleryRunner", "InProcessRunner", "Job", "TaskRunner", "build_runner"]
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "inkwell_request_id"
-EMAIL_RETRY_BASE_SECONDS = 2.0
-EMAIL_RETRY_MAX_SECONDS = 300.0
-EMAIL_MAX_RETRIES = 8
-# Tries of a job after passing faults (a database restarting, an SMTP server down), backing off
-# from two seconds to five minutes. An e-mail then fails; an image is left to the outbox's sweep,
-# which sends it again (a new delivery, a new attempt) after IMAGE_STUCK_AFTER_SECONDS.
-TRANSIENT_MAX_RETRIES = EMAIL_MAX_RETRIES
+# The Celery message header that carries the id of the request that queued the job.
+CELERY_REQUEST_ID_HEADER = "inkwell_request_id"
+TRANSIENT_RETRY_BASE_SECONDS = 2.0
+TRANSIENT_RETRY_MAX_SECONDS = 300.0
+# Tries of any job after passing faults (a database restarting, an SMTP server down), backing
+# off from two seconds to five minutes. An e-mail then fails; an image is left to the outbox's
+# sweep, which sends it again (a new delivery, a new attempt) after IMAGE_STUCK_AFTER_SECONDS.
+TRANSIENT_MAX_RETRIES = 8
 JOB_CRASHED = "The task could not be completed."
 # What a task shows while a service it needs is away (the driver's message, with its SQL, is
 # logged and never shown).
@@ -45,7 +45,7 @@ SERVICE_AWAY = "A service the task needs did not answer; it will be tried again.
 
 def retry_delay(retries: int) -> float:
     """Exponential backoff: 2, 4, 8 ... seconds, capped at five minutes."""
-    return float(min(EMAIL_RETRY_MAX_SECONDS, EMAIL_RETRY_BASE_SECONDS * 2**retries))
+    return float(min(TRANSIENT_RETRY_MAX_SECONDS, TRANSIENT_RETRY_BASE_SECONDS * 2**retries))
 
 
 def with_jitter(seconds: float) -> float:
@@ -203,7 +203,7 @@ class CeleryRunner:
 
     async def send(self, job: Job) -> None:
         # The worker logs the task with the request id that queued it (a message header).
-        headers = {REQUEST_ID_HEADER: job.request_id}
+        headers = {CELERY_REQUEST_ID_HEADER: job.request_id}
         # Publishing is blocking I/O (kombu): keep it off the event loop. A broker that hangs
         # must not hold the request: the caller stops waiting after its timeout.
         await anyio.to_thread.run_sync(

@@ -13,6 +13,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 def conditional_json(body: bytes, if_none_match: str | None) -> Response:
@@ -92,3 +93,20 @@ def _is_list(annotation: Any) -> bool:
     if origin in (Union, UnionType):
         return any(_is_list(arg) for arg in get_args(annotation))
     return origin in (list, set, tuple, frozenset) or annotation in (list, set, tuple, frozenset)
+
+
+class HttpMiddleware:
+    """Plain ASGI middleware (no per-request task) for HTTP requests only: lifespan and other
+    scopes pass through untouched. Subclasses implement `handle`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError

@@ -8,7 +8,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 
@@ -17,51 +16,24 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core import metrics
-from app.errors import BodyTooLarge, PayloadTooLarge, problem
+from app.core.context import RequestContext, request_context
+from app.errors import BodyTooLarge, PayloadTooLarge
+from app.web.http import HttpMiddleware
+from app.web.problems import problem
 from app.web.uploads import form_limit
 
-REQUEST_ID_HEADER = b"x-request-id"
+REQUEST_ID_HEADER = b"x-request-id"  # the HTTP header a request id comes and goes in
 MULTIPART = "multipart/form-data"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 access_logger = logging.getLogger("app.access")
 
 
-@dataclass(slots=True)
-class RequestContext:
-    """What every log line of a request (or of a task it queued) carries. The authentication
-    dependency fills `user_id` in; the object is shared, so the access log sees it."""
-
-    request_id: str = "-"
-    user_id: int | None = None
-
-
-request_context: ContextVar[RequestContext | None] = ContextVar("request_context", default=None)
-
-
-def current_request_id() -> str | None:
-    context = request_context.get()
-    return context.request_id if context else None
-
-
-def set_user(user_id: int) -> None:
-    """Names the signed-in user in the logs of the current request."""
-    context = request_context.get()
-    if context is not None:
-        context.user_id = user_id
-
-
-class RequestIdMiddleware:
+class RequestIdMiddleware(HttpMiddleware):
     """Takes `X-Request-ID` from the request (or makes one), echoes it, logs the request and
     counts it in the metrics by its route template."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"").decode("latin-1")
         request_id = incoming if _VALID_REQUEST_ID.match(incoming) else os.urandom(16).hex()
         context = RequestContext(request_id)
@@ -123,19 +95,13 @@ def _route_template(scope: Scope, root_path: str) -> str:
     return metrics.UNMATCHED_ROUTE
 
 
-class SecurityHeadersMiddleware:
+class SecurityHeadersMiddleware(HttpMiddleware):
     """Adds the headers every response carries, whoever answers it: routes, error handlers,
     the 500 page, the docs and the media files. Outermost, so that nothing escapes it."""
 
     HEADERS = ((b"x-content-type-options", b"nosniff"),)
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -154,7 +120,7 @@ class _UploadRoute:
     methods: frozenset[str]
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HttpMiddleware):
     """Bounds every request body before it is read: `max_body_bytes`, or for an upload route
     (one whose documented body is multipart/form-data) the upload form's limit.
 
@@ -171,7 +137,7 @@ class BodyLimitMiddleware:
         max_upload_bytes: int,
         routes: Sequence[BaseRoute],
     ) -> None:
-        self.app = app
+        super().__init__(app)
         self.upload_routes = list(_upload_routes(routes))
         # Both limits and their errors are fixed at start-up: nothing is built per request.
         upload_detail = f"The upload is larger than {max_upload_bytes} bytes."
@@ -185,10 +151,7 @@ class BodyLimitMiddleware:
             partial(BodyTooLarge, body_detail),
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit, too_large = self._limit_for(scope)
         declared = _content_length(scope)
         if declared is not None and declared > limit:

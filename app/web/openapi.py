@@ -15,10 +15,10 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import BaseRoute
 
 from app.dependencies import current_principal, optional_principal
-from app.errors import PROBLEM_JSON
 from app.schemas.common import NulFreeModel, forbid_nul
 from app.schemas.token import LoginRequest
 from app.web.http import dependants
+from app.web.problems import PROBLEM_JSON
 
 # Bodies parsed by hand (JSON or a form) and referenced from `openapi_extra`.
 _REFERENCED_ONLY = (LoginRequest,)

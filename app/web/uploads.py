@@ -17,7 +17,7 @@ from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from app.errors import AppError, PayloadTooLarge, UnsupportedMediaType
+from app.errors import InvalidUpload, PayloadTooLarge, UnsupportedMediaType
 
 FILE_FIELD = "file"
 MAX_FIELD_BYTES = 4096  # `alt` and any other small text field
@@ -25,12 +25,6 @@ FORM_OVERHEAD_BYTES = 64 * 1024  # boundaries, part headers, small fields
 DEFAULT_MAX_PARTS = 10
 MAX_PART_HEADERS = 8  # Content-Disposition, Content-Type and a few a client may add
 MAX_PART_HEADER_LINE_BYTES = 4096
-
-
-class InvalidUpload(AppError):
-    status = 422
-    code = "invalid_upload"
-    title = "Invalid upload"
 
 
 @dataclass

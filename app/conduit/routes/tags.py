@@ -22,4 +22,6 @@ MAX_TAGS = 500
     responses=error_responses(),
 )
 async def list_tags(db: DbSession) -> TagsResponse:
-    return TagsResponse(tags=[tag.name for tag in await posts.popular_tags(db, None, MAX_TAGS)])
+    return TagsResponse(
+        tags=[tag.name for tag in await posts.popular_tags(db, prefix=None, limit=MAX_TAGS)]
+    )

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from app.conduit import mapping
-from app.conduit.dependencies import ConduitSecurity, CurrentPrincipal, CurrentUser, Token
+from app.conduit.dependencies import ConduitBackends, CurrentPrincipal, CurrentUser, Token
 from app.conduit.schemas import LoginBody, NewUserBody, UpdateUserBody, UserResponse
 from app.conduit.util import error_responses
 from app.dependencies import BackendsDep, ClientDep, DbSession
@@ -25,14 +25,13 @@ router = APIRouter(prefix="/api", tags=["User and Authentication"], route_class=
 async def login(
     body: LoginBody,
     db: DbSession,
-    security: ConduitSecurity,
-    backends: BackendsDep,
+    backends: ConduitBackends,
     client: ClientDep,
 ) -> UserResponse:
     account = await auth.authenticate(
-        db, security, backends.stores.limiter, body.user.email, body.user.password, client
+        db, backends, login=body.user.email, password=body.user.password, client=client
     )
-    tokens = await auth.start_session(db, security, account, client)
+    tokens = await auth.start_session(db, backends, user=account, client=client)
     return mapping.user(account, tokens.access_token)
 
 
@@ -49,12 +48,11 @@ async def login(
 async def register(
     body: NewUserBody,
     db: DbSession,
-    security: ConduitSecurity,
-    backends: BackendsDep,
+    backends: ConduitBackends,
     client: ClientDep,
 ) -> UserResponse:
     account, tokens = await users.register(
-        db, security, backends, mapping.new_user(body.user), client
+        db, backends, data=mapping.new_user(body.user), client=client
     )
     return mapping.user(account, tokens.access_token)
 

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     web_concurrency: int = Field(default=1, ge=1)
+    # How long an idle keep-alive connection stays open. Longer than a load balancer's idle
+    # timeout (60 s on AWS ALB and most proxies), so the server never closes a connection the
+    # proxy is about to reuse (the cause of sporadic 502s with uvicorn's default of 5 s).
+    keep_alive_seconds: int = Field(default=75, ge=1, le=3600)
     # The API's public base URL, as users reach it. Unset: http://HOST:PORT as served.
     public_url: str = ""
     # A frontend that serves /verify-email and /reset-password itself: e-mail links go there.

@@ -17,7 +17,7 @@ import httpx
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-STARTUP_TIMEOUT_S = 30.0
+STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 
 

@@ -4,9 +4,11 @@ process with the test run's settings in its environment."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +26,8 @@ from tests.services import CeleryWorker
 
 PING_TIMEOUT_S = 5.0
 PING_ATTEMPTS = 6
+# uvicorn closes an idle keep-alive connection after 5 s unless told otherwise.
+IDLE_PAST_UVICORN_DEFAULT_S = 6.5
 
 
 def environment(settings: Settings) -> dict[str, str]:
@@ -124,3 +128,25 @@ def test_celery_finds_the_app_in_app_tasks(settings: Settings, tmp_path: Path) -
     finally:
         celery.close()
         worker.stop()
+
+
+def test_make_run_keeps_idle_connections_open_longer_than_a_load_balancer(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`python -m app run` holds an idle keep-alive connection for KEEP_ALIVE_SECONDS, not
+    uvicorn's 5 s: a proxy (or a pooled client) that reuses it after 6 s idle is answered, not
+    met with a closed socket."""
+    env = {**environment(settings), "KEEP_ALIVE_SECONDS": "30"}
+    command = [sys.executable, "-m", "app", "run"]
+    with served("keep-alive", command, env, tmp_path / "api.log") as url:
+        port = int(url.rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/health")
+            assert conn.getresponse().read() == b'{"status":"ok"}'
+            time.sleep(IDLE_PAST_UVICORN_DEFAULT_S)
+            # The same socket: http.client does not reconnect a connection the server closed.
+            conn.request("GET", "/health")
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()

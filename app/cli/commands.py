@@ -74,6 +74,7 @@ def run(
             port=settings.port,
             workers=processes,
             reload=reload,
+            timeout_keep_alive=settings.keep_alive_seconds,
             log_config=None,
             proxy_headers=True,
         )

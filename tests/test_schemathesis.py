@@ -186,7 +186,7 @@ async def test_text_that_refuses_nul_says_so(document: dict[str, Any]) -> None:
 async def test_tags_are_documented_as_validated(document: dict[str, Any]) -> None:
     tags = document["components"]["schemas"]["PostCreate"]["properties"]["tags"]
     assert tags["maxItems"] == 10
-    assert tags["items"]["pattern"] == "^[A-Za-z0-9-]{1,32}$"
+    assert tags["items"]["pattern"] == "^[A-Za-z0-9_-]{1,32}$"
 
 
 async def test_what_a_post_creates_links_to_what_uses_it(document: dict[str, Any]) -> None:

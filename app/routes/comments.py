@@ -37,8 +37,8 @@ CursorParams = Annotated[CursorQuery, Query()]
 async def create_comment(
     body: CommentCreate,
     response: Response,
+    user: CurrentUser,  # before the post: no token is 401, whatever the post
     post: VisiblePost,
-    user: CurrentUser,
     db: DbSession,
     backends: BackendsDep,
 ) -> CommentOut:

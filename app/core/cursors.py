@@ -69,6 +69,11 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
+    """Decoded, in its one canonical spelling only (base64 leaves spare bits a forger could
+    set): any other spelling of the same bytes is not a cursor this server wrote."""
     if not text.isascii():
         raise ValueError("not base64")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical base64")
+    return data

@@ -75,13 +75,12 @@ class PatchModel(RequestModel):
         schema = super().__get_pydantic_json_schema__(core_schema, handler)
         properties = handler.resolve_ref_schema(schema).get("properties", {})
         for name, field in properties.items():
-            if name in cls.NULLABLE:
-                continue
-            branches = [b for b in field.pop("anyOf", []) if b.get("type") != "null"]
-            if len(branches) == 1:
-                field.update(branches[0])
-            elif branches:
-                field["anyOf"] = branches
+            if name not in cls.NULLABLE:
+                branches = [b for b in field.pop("anyOf", []) if b.get("type") != "null"]
+                if len(branches) == 1:
+                    field.update(branches[0])
+                elif branches:
+                    field["anyOf"] = branches
             if "default" in field and field["default"] is None:
                 del field["default"]
         return schema

@@ -36,6 +36,7 @@ from app.stores.cache import (
     list_slot,
     post_generations,
     post_slot,
+    slug_generation,
     slug_slot,
 )
 
@@ -241,11 +242,12 @@ async def change(
 async def delete_post(db: AsyncSession, backends: Backends, post: Post) -> None:
     """Delete the post with its likes, tags links and images (files included)."""
     image_keys = [image.storage_key for image in post.images]
+    slug = post.slug
     await db.delete(post)
     await db.commit()
     await images.remove_files(backends.media, image_keys)
     await backends.stores.cache.bump(
-        *post_generations(post.id), *author_generations(post.author_id)
+        *post_generations(post.id), *author_generations(post.author_id), slug_generation(slug)
     )
 
 

@@ -42,7 +42,7 @@ async def _followed(backends: Backends, viewer: Viewer) -> list[int]:
     return ids
 
 
-async def read_json(backends: Backends, viewer: Viewer, query: CursorQuery) -> bytes:
+async def read_json(backends: Backends, *, viewer: Viewer, query: CursorQuery) -> bytes:
     scope = f"feed:{viewer.id}"
     at = paging.position(backends.cursors, scope, query.cursor)
     authors = await _followed(backends, viewer)

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     jwt_audience: str = "inkwell-api"
     access_token_expire_minutes: int = Field(default=15, ge=1)
     refresh_token_expire_days: int = Field(default=14, ge=1)
+    # The RealWorld API at /conduit has no refresh flow: its access tokens live this long.
+    conduit_token_expire_minutes: int = Field(default=1440, ge=1, le=525_600)
 
     # Passwords: Argon2id, OWASP's recommended minimum by default (m=19 MiB, t=2, p=1).
     argon2_memory_kib: int = Field(default=19_456, ge=8)

@@ -257,6 +257,44 @@ class DatabaseUnavailable(ServiceUnavailable):
         super().__init__(headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
 
 
+# --- Images, media and background tasks ----------------------------------------------------
+
+
+class ImageNotFound(NotFound):
+    code = "image_not_found"
+    detail = "No such image."
+
+
+class TooManyImages(Conflict):
+    code = "too_many_images"
+
+
+class TooManyPixels(AppError):
+    status = 422
+    code = "image_too_large"
+    title = "Image too large"
+
+
+class UnreadableImage(AppError):
+    status = 422
+    code = "invalid_image"
+    title = "Invalid image"
+
+
+class MediaNotFound(NotFound):
+    code = "media_not_found"
+    detail = "No such file, or not yours to see."
+
+    def __init__(self) -> None:
+        # Not cached anywhere: the file may become public when its post is published.
+        super().__init__(headers={"Cache-Control": "no-store"})
+
+
+class TaskNotFound(NotFound):
+    code = "task_not_found"
+    detail = "No such task."
+
+
 # --- rendering --------------------------------------------------------------------------------
 def problem(
     status: int,

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp
 
+from app.conduit import mount_conduit
 from app.config import Settings, get_settings
 from app.core import password_policy
 from app.core.cursors import Cursors
@@ -192,6 +193,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
         app.include_router(module.router)
     settings.media_path.mkdir(parents=True, exist_ok=True)
     app.include_router(media.build_router(settings.media_url))
+    mount_conduit(app)
 
     install_error_handlers(app)
     # Inside CORS, so that a browser can read the 413 too.

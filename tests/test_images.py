@@ -166,7 +166,7 @@ async def held_processing(
             gate.wait(images.PROCESSING_TIMEOUT_S)
             return process(*args)
 
-        monkeypatch.setattr("app.tasks.jobs.process", gated)
+        monkeypatch.setattr("app.core.imaging.process", gated)
         release = gate.set
     try:
         yield release
@@ -653,7 +653,9 @@ async def test_truncated_jpeg_ends_failed_with_a_reason(
     assert image["failure_reason"]
     assert image["variants"] == {}
     task = await images.wait_for_task(client, image["task_id"], author.headers)
-    assert task["state"] in ("SUCCESS", "FAILURE")
+    assert task["state"] == "FAILURE"  # the image failed, and so did its task
+    assert task["result"]["status"] == "failed"
+    assert task["result"]["reason"] == image["failure_reason"]
     row = await stored_image(db, image["id"])
     assert row is not None
     assert row.status == ImageStatus.FAILED

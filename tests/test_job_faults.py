@@ -27,19 +27,21 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.core import imaging
+from app.core.faults import is_transient
 from app.core.imaging import ImageRejected
+from app.core.queue import Job
 from app.database.types import utcnow
 from app.models import ImageStatus, OutboxJob, Task, TaskState
+from app.services import images as image_service
 from app.services import tasks
 from app.tasks import jobs
-from app.tasks.faults import is_transient
 from app.tasks.outbox import Outbox
 from app.tasks.runner import (
     JOB_CRASHED,
     SERVICE_AWAY,
     TRANSIENT_MAX_RETRIES,
     InProcessRunner,
-    Job,
     after_failure,
 )
 from tests import images
@@ -187,7 +189,7 @@ async def test_an_image_whose_database_went_away_is_retried_without_counting_an_
 ) -> None:
     account = await register(client)
     image = await upload(client, account, images.jpeg((800, 600)))
-    finish = jobs._finish
+    finish = image_service._finish
     faults: list[int] = []
 
     async def connection_lost_once(*args: Any, **kwargs: Any) -> Any:
@@ -196,7 +198,7 @@ async def test_an_image_whose_database_went_away_is_retried_without_counting_an_
             raise lost_connection()
         return await finish(*args, **kwargs)
 
-    monkeypatch.setattr(jobs, "_finish", connection_lost_once)
+    monkeypatch.setattr(image_service, "_finish", connection_lost_once)
     await run_in_process(app, image)
 
     stored = await image_row(app, image["id"])
@@ -220,13 +222,13 @@ async def test_an_image_failing_for_a_reason_of_its_own_ends_failed(
     def broken(*args: Any) -> Any:
         raise ValueError("a decoder bug on this input")
 
-    monkeypatch.setattr(jobs, "process", broken)
+    monkeypatch.setattr(imaging, "process", broken)
     await run_in_process(app, image)
 
     stored = await image_row(app, image["id"])
     assert stored is not None
     assert stored.status == ImageStatus.FAILED  # not `pending` for ever
-    assert stored.failure_reason == jobs.Failure.UNPROCESSABLE
+    assert stored.failure_reason == image_service.Failure.UNPROCESSABLE
     assert stored.attempts == 1
     shown = await client.get(
         f"/api/posts/{image['post_id']}/images/{image['id']}", headers=account.headers
@@ -242,16 +244,16 @@ async def test_an_email_whose_success_could_not_be_recorded_is_not_sent_again(
     async with app.state.session_factory() as session:
         task = tasks.new(session, jobs.SEND_EMAIL, None)
         await session.commit()
-    record_state = jobs.record_state
+    record = tasks.record
     faults: list[int] = []
 
-    async def lost_after_sending(ctx: Any, task_id: str, state: TaskState, *a: Any) -> None:
-        if state == TaskState.SUCCESS and not faults:
+    async def lost_after_sending(sessions: Any, task_id: str, **kw: Any) -> None:
+        if kw["state"] == TaskState.SUCCESS and not faults:
             faults.append(1)
             raise lost_connection()
-        await record_state(ctx, task_id, state, *a)
+        await record(sessions, task_id, **kw)
 
-    monkeypatch.setattr(jobs, "record_state", lost_after_sending)
+    monkeypatch.setattr(tasks, "record", lost_after_sending)
     runner = InProcessRunner(job_context(app))
     message = {
         "template": "verify_email",

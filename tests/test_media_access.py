@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.core.media import LocalMedia
+from app.core.media import LocalMedia, MediaStorage
 from tests import images
 from tests.conftest import running_app, settings_like
 from tests.factories import Account, create_post, make_admin, register
@@ -296,6 +296,41 @@ def test_with_asymmetric_tokens_the_key_comes_from_the_private_key_when_first_ne
     query = signature_of(url)
     assert media.seconds_left("0" * 32, "large.webp", query["expires"], query["sig"])
     assert not media.seconds_left("1" * 32, "large.webp", query["expires"], query["sig"])
+
+
+async def test_local_media_keeps_an_image_s_files_behind_the_storage_interface(
+    tmp_path: Path,
+) -> None:
+    storage: MediaStorage = LocalMedia(Settings.model_validate({"data_dir": tmp_path}))
+    key, received = "a" * 32, tmp_path / "received.part"
+    received.write_bytes(b"raw bytes")
+    with pytest.raises(FileNotFoundError):
+        async with storage.original(key):
+            pass  # no upload yet
+
+    await storage.save_upload(key, received)
+    assert not received.exists()  # taken over, not copied
+    async with storage.original(key) as original:
+        assert original.read_bytes() == b"raw bytes"
+    async with storage.variants(key) as out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "large.webp").write_bytes(b"webp")
+    await storage.discard_upload(key)
+    with pytest.raises(FileNotFoundError):
+        async with storage.original(key):
+            pass
+
+    assert await storage.exists(key, "large.webp")
+    assert not await storage.exists(key, "thumb.webp")
+    assert not await storage.exists(key, "../large.webp")  # not a name it ever serves
+    found = await storage.find(key, "large.webp")
+    assert found is not None
+    assert found.stat.st_size == 4
+    assert await storage.find(key, "medium.webp") is None
+    assert await storage.find("not-a-key", "large.webp") is None
+
+    await storage.delete(key, "b" * 32)  # a key with no files is no error
+    assert not await storage.exists(key, "large.webp")
 
 
 # -- publishing and unpublishing -----------------------------------------------------------------

@@ -26,15 +26,17 @@ from app.config import Settings
 from app.core import imaging
 from app.core.mail import build_mailer
 from app.core.media import LocalMedia
+from app.core.queue import Job
 from app.database.session import create_engine, create_session_factory
 from app.database.types import utcnow
 from app.models import Image, ImageStatus, OutboxJob, Task, TaskState
+from app.services import images as image_service
 from app.services import tasks
 from app.tasks import jobs
 from app.tasks.celery_config import create_celery
 from app.tasks.context import JobContext
 from app.tasks.outbox import Outbox
-from app.tasks.runner import Job, with_jitter
+from app.tasks.runner import with_jitter
 from tests import images
 from tests.conftest import SERVICES, running_app, settings_env, settings_like
 from tests.factories import Account, create_post, register
@@ -442,7 +444,7 @@ async def test_an_image_deleted_while_it_is_processed_stays_deleted(
         deleted.wait(WAIT_S)
         return process(*args)
 
-    monkeypatch.setattr("app.tasks.jobs.process", held)
+    monkeypatch.setattr("app.core.imaging.process", held)
     row = await image_row(app, image["id"])
     assert row is not None
     files = LocalMedia(settings)
@@ -475,7 +477,7 @@ async def test_an_image_failure_reason_is_for_users(
     missing = await upload(client, account, images.jpeg((640, 480)))
     row = await image_row(app, missing["id"])
     assert row is not None
-    ctx.media.upload_path(row.storage_key).unlink()  # lost before the job ran
+    LocalMedia(ctx.settings).upload_path(row.storage_key).unlink()  # lost before the job ran
 
     await jobs.process_image(ctx, broken["task_id"], broken["id"])
     await jobs.process_image(ctx, missing["task_id"], missing["id"])
@@ -487,8 +489,10 @@ async def test_an_image_failure_reason_is_for_users(
         )
         assert shown.json()["status"] == "failed"
         reasons[image["id"]] = shown.json()["failure_reason"]
+        task = await client.get(f"/api/tasks/{image['task_id']}", headers=account.headers)
+        assert task.json()["state"] == "FAILURE"
     assert reasons[broken["id"]] == "The file is not a valid image."
-    assert reasons[missing["id"]] == jobs.Failure.UPLOAD_MISSING
+    assert reasons[missing["id"]] == image_service.Failure.UPLOAD_MISSING
     for reason in reasons.values():
         assert "/" not in reason
         assert "pid" not in reason.lower()
@@ -515,7 +519,7 @@ def slow_processing(monkeypatch: pytest.MonkeyPatch) -> None:
         time.sleep(2.5)
         return process(*args)
 
-    monkeypatch.setattr("app.tasks.jobs.process", slow)
+    monkeypatch.setattr("app.core.imaging.process", slow)
 
 
 @pytest.mark.skipif(SERVICES, reason="the in-process runner's limit")
@@ -529,7 +533,7 @@ async def test_an_in_process_job_over_its_soft_time_limit_ends_failed(
         await other.state.backends.runner.drain()
     stored = await wait_for_image(app, image["id"])
     assert stored.status == ImageStatus.FAILED
-    assert stored.failure_reason == jobs.Failure.UNPROCESSABLE
+    assert stored.failure_reason == image_service.Failure.UNPROCESSABLE
 
 
 @pytest.mark.skipif(not SERVICES, reason="a Celery worker's soft time limit")
@@ -550,7 +554,7 @@ async def test_a_worker_job_over_its_soft_time_limit_ends_failed(
             slow = await upload(api, account, gradient_png(6200, 6300))
             stored = await wait_for_image(app, slow["id"])
             assert stored.status == ImageStatus.FAILED
-            assert stored.failure_reason == jobs.Failure.UNPROCESSABLE
+            assert stored.failure_reason == image_service.Failure.UNPROCESSABLE
             # The worker carries on with the next job.
             quick = await upload(api, account, images.jpeg((300, 200)))
             assert (await wait_for_image(app, quick["id"])).status == ImageStatus.READY

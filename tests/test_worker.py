@@ -281,7 +281,7 @@ async def test_poison_image_ends_failed_after_its_attempts(
     assert stored.attempts == settings.task_max_attempts + 1
     assert stored.variants == {}
     task = await task_row(app, image["task_id"])
-    assert task.state == TaskState.SUCCESS
+    assert task.state == TaskState.FAILURE  # a failed image's task failed too
     assert task.result is not None
     assert task.result["status"] == "failed"
     response = await client.get(

@@ -15,6 +15,7 @@ from app.dependencies import (
 from app.schemas.common import problem_responses
 from app.schemas.image import ImageOut
 from app.services import images
+from app.web.uploads import receive_file
 
 router = APIRouter(prefix="/api/posts/{post_id}/images", tags=["images"])
 
@@ -63,7 +64,24 @@ async def upload_image(
     db: DbSession,
     backends: BackendsDep,
 ) -> ImageOut:
-    image = await images.upload(db, backends, post, caller.id, request)
+    settings = backends.settings
+    await images.ensure_room(db, backends, post=post)  # before the body streams in
+    received = await receive_file(
+        request,
+        settings.uploads_path,
+        settings.max_upload_bytes,
+        max_parts=settings.max_upload_parts,
+    )
+    image = await images.upload(
+        db,
+        backends,
+        post=post,
+        user_id=caller.id,
+        file=received.path,
+        size=received.size,
+        head=received.head,
+        alt=received.fields.get("alt", ""),
+    )
     response.headers["Location"] = f"/api/posts/{post.id}/images/{image.id}"
     return image
 
@@ -79,7 +97,7 @@ async def upload_image(
 async def read_image(
     post: VisiblePost, image_id: ImageId, db: DbSession, backends: BackendsDep
 ) -> ImageOut:
-    return await images.get_out(db, backends.media, post, image_id)
+    return await images.get_out(db, backends, post=post, image_id=image_id)
 
 
 @router.delete(
@@ -93,5 +111,5 @@ async def read_image(
 async def delete_image(
     post: OwnedPost, image_id: ImageId, db: DbSession, backends: BackendsDep
 ) -> Response:
-    await images.delete(db, backends, await images.get(db, post, image_id))
+    await images.delete(db, backends, await images.get(db, post=post, image_id=image_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from app.dependencies import BackendsDep
+from app.errors import MediaNotFound
 from app.services import media
 
 HTTP_METHODS = ["GET", "HEAD"]
@@ -40,4 +41,4 @@ async def media_file(
 
 async def no_media_file(path: str) -> None:
     """Anything else under MEDIA_URL (directories, other names): 404 like a missing file."""
-    raise media.MediaNotFound
+    raise MediaNotFound

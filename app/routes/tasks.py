@@ -24,4 +24,4 @@ TaskId = Annotated[str, Path(max_length=36, description="The task's id")]
     responses=problem_responses(401, 404, 422),
 )
 async def read_task(task_id: TaskId, caller: CurrentPrincipal, db: DbSession) -> TaskOut:
-    return await tasks.get(db, task_id, caller.id)
+    return await tasks.get(db, task_id=task_id, user_id=caller.id)

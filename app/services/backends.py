@@ -6,11 +6,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.core.cursors import Cursors
-from app.core.media import LocalMedia
+from app.core.media import MediaStorage
+from app.core.queue import JobOutbox, TaskRunner
 from app.services.security import Security
 from app.stores import Stores
-from app.tasks.outbox import Outbox
-from app.tasks.runner import TaskRunner
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,9 +21,9 @@ class Backends:
 
     settings: Settings
     stores: Stores
-    media: LocalMedia
+    media: MediaStorage
     runner: TaskRunner
     security: Security
     read_sessions: async_sessionmaker[AsyncSession]
-    outbox: Outbox
+    outbox: JobOutbox
     cursors: Cursors

@@ -3,25 +3,31 @@ which only the SHA-256 is stored."""
 
 from __future__ import annotations
 
+import logging
 import secrets
+import smtplib
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.core.faults import Delivered, JobBusy, RetryableError, is_transient
+from app.core.mail import Mailer, render
+from app.core.queue import SEND_EMAIL, JobOutbox
 from app.core.security import fingerprint
 from app.database.types import utcnow
 from app.errors import AppError, EmailTaken
-from app.models import EmailToken, OutboxJob, TokenPurpose, User
+from app.models import EmailToken, OutboxJob, Task, TaskState, TokenPurpose, User
 from app.services import auth, tasks
 from app.services.backends import Backends
 from app.services.security import Client, Security
 from app.stores import Stores
-from app.tasks.jobs import SEND_EMAIL
-from app.tasks.outbox import Outbox
+
+logger = logging.getLogger(__name__)
 
 
 class EmailTokenInvalid(AppError):
@@ -237,7 +243,7 @@ async def _use_token(db: AsyncSession, token: str, purpose: TokenPurpose) -> Ema
 
 async def _queue(
     db: AsyncSession,
-    outbox: Outbox,
+    outbox: JobOutbox,
     user: User,
     template: str,
     subject: str,
@@ -256,7 +262,7 @@ async def _queue(
 
 def _record(
     db: AsyncSession,
-    outbox: Outbox,
+    outbox: JobOutbox,
     user: User,
     template: str,
     subject: str,
@@ -278,3 +284,76 @@ def _record(
 
 def _link(settings: Settings, page: str, token: str) -> str:
     return f"{settings.email_link_base}/{page}?{urlencode({'token': token})}"
+
+
+# --- Sending: what the `send_email` job does ---------------------------------------------------
+
+
+async def deliver(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    settings: Settings,
+    mailer: Mailer,
+    task_id: str,
+    template: str,
+    to: str,
+    subject: str,
+    values: dict[str, str],
+    delivered: bool = False,
+) -> dict[str, Any]:
+    """Render and send one message, once: the task row is the idempotency key. A copy of the
+    job that finds the message sent (or being sent) does not send it again, and every copy
+    carries the same Message-ID, so that a mail server can drop a duplicate too. SMTP and
+    network errors raise RetryableError; a message sent whose success could not be recorded
+    (the database went away) raises Delivered, and its next try (`delivered`) only records."""
+    result = {"to": to, "template": template}
+    if delivered:
+        await tasks.record(sessions, task_id, state=TaskState.SUCCESS, result=result)
+        return result
+    message = render(template, to, subject, settings.smtp_from, **values)
+    message.replace_header("Message-ID", f"<{task_id}@inkwell.local>")
+    state = await _claim(sessions, settings, task_id)
+    if state is TaskState.STARTED:
+        raise JobBusy(f"task {task_id} is being sent by another attempt")
+    if state is not None:  # already sent, failed for good, or its user is gone
+        logger.info("e-mail already handled", extra={"task_id": task_id, "state": state})
+        return {"to": to, "template": template, "duplicate": True}
+    try:
+        await mailer.send(message)
+    except (OSError, smtplib.SMTPException) as exc:
+        raise RetryableError(repr(exc)) from exc
+    try:
+        await tasks.record(sessions, task_id, state=TaskState.SUCCESS, result=result)
+    except Exception as exc:
+        if is_transient(exc):
+            raise Delivered(f"sent; its success not recorded: {exc!r}") from exc
+        raise
+    return result
+
+
+async def _claim(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, task_id: str
+) -> TaskState | str | None:
+    """Mark the task STARTED if no other attempt holds it; None when it is ours to run, else
+    its state ("gone" when the task no longer exists). A hold older than the hard time limit
+    belongs to an attempt whose worker died: it is taken over."""
+    now = utcnow()
+    stale = now - timedelta(seconds=settings.task_time_limit_seconds)
+    async with sessions() as db:
+        claimed = await db.scalar(
+            update(Task)
+            .where(
+                Task.id == task_id,
+                or_(
+                    Task.state.in_([TaskState.PENDING, TaskState.RETRY]),
+                    and_(Task.state == TaskState.STARTED, Task.updated_at < stale),
+                ),
+            )
+            .values(state=TaskState.STARTED, updated_at=now)
+            .returning(Task.id)
+        )
+        current = None if claimed else await db.scalar(select(Task.state).where(Task.id == task_id))
+        await db.commit()
+    if claimed:
+        return None
+    return TaskState(current) if current else "gone"

@@ -7,8 +7,8 @@ import logging
 
 from sqlalchemy import text
 
+from app.core.broker import broker_reachable
 from app.services.backends import Backends
-from app.tasks.broker import broker_reachable
 
 logger = logging.getLogger(__name__)
 CHECK_TIMEOUT_SECONDS = 3.0

@@ -1,53 +1,58 @@
-"""Post images: upload checks in the request, processing in the background."""
+"""Post images: upload checks in the request, processing in the background (the
+`process_image` job calls `process`, and `fail` when it gives up)."""
 
 from __future__ import annotations
 
+import enum
+import logging
 import secrets
-from pathlib import PurePosixPath
+from datetime import timedelta
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import anyio.to_thread
-from fastapi import Request
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from PIL import Image as PilImage
+from sqlalchemy import case, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.core.imaging import ImageRejected, probe, sniff
-from app.core.media import LocalMedia
-from app.errors import AppError, Conflict, NotFound, UnsupportedMediaType
-from app.models import Image, ImageStatus, Post
+from app.core import imaging
+from app.core.faults import Interrupted, JobBusy, is_transient
+from app.core.imaging import ImageRejected
+from app.core.media import MediaStorage
+from app.core.queue import PROCESS_IMAGE
+from app.database.types import utcnow
+from app.errors import (
+    ImageNotFound,
+    TooManyImages,
+    TooManyPixels,
+    UnreadableImage,
+    UnsupportedMediaType,
+)
+from app.models import Image, ImageStatus, Post, Task, TaskState
 from app.schemas.image import ImageOut, VariantOut
 from app.services import tasks
 from app.services.backends import Backends
-from app.stores.cache import post_generations
-from app.tasks.jobs import PROCESS_IMAGE
-from app.web.uploads import receive_file
+from app.stores.cache import Cache, post_generations
+
+__all__ = ["ImageNotFound", "TooManyImages", "TooManyPixels", "UnreadableImage"]
+
+logger = logging.getLogger(__name__)
 
 MAX_ALT = 300
 
 
-class ImageNotFound(NotFound):
-    code = "image_not_found"
-    detail = "No such image."
+class Failure(enum.StrEnum):
+    """Why an image failed, as its owner reads it. The details (paths, exceptions) are logged,
+    never stored in the row."""
+
+    NOT_AN_IMAGE = "The file is not a valid image."
+    TOO_MANY_PIXELS = "The image has too many pixels."
+    UPLOAD_MISSING = "The uploaded file is missing. Upload the image again."
+    UNPROCESSABLE = "The image could not be processed."
 
 
-class TooManyImages(Conflict):
-    code = "too_many_images"
-
-
-class TooManyPixels(AppError):
-    status = 422
-    code = "image_too_large"
-    title = "Image too large"
-
-
-class UnreadableImage(AppError):
-    status = 422
-    code = "invalid_image"
-    title = "Invalid image"
-
-
-def to_out(image: Image, media: LocalMedia, *, public: bool) -> ImageOut:
+def to_out(image: Image, media: MediaStorage, *, public: bool) -> ImageOut:
     """The image as the API shows it; its files at public URLs when its post is published,
     at signed, expiring ones otherwise (only the author and administrators see a draft)."""
     return ImageOut(
@@ -70,7 +75,7 @@ def to_out(image: Image, media: LocalMedia, *, public: bool) -> ImageOut:
 
 
 def _variant_out(
-    media: LocalMedia, key: str, variant: dict[str, Any], *, public: bool
+    media: MediaStorage, key: str, variant: dict[str, Any], *, public: bool
 ) -> VariantOut:
     # URLs are built for each answer from the file's name: whether they are signed depends on
     # the post's state now, not when the image was processed.
@@ -81,26 +86,34 @@ def _variant_out(
     )
 
 
+async def ensure_room(db: AsyncSession, backends: Backends, *, post: Post) -> None:
+    """409 when the post has all the images it may have; ends the transaction, so that no
+    connection is held while the upload's body streams in."""
+    await _ensure_room(db, backends.settings, post.id)
+    await db.commit()
+
+
 async def upload(
-    db: AsyncSession, backends: Backends, post: Post, user_id: int, request: Request
+    db: AsyncSession,
+    backends: Backends,
+    *,
+    post: Post,
+    user_id: int,
+    file: Path,
+    size: int,
+    head: bytes,
+    alt: str = "",
 ) -> ImageOut:
-    """Stream the upload to disk within the size limit, check it is an accepted image by its
-    bytes and pixel count, record it `pending` and queue its processing."""
+    """Take a received file (`file`, of `size` bytes starting with `head`; it is the service's
+    from now on: stored, or removed): check it is an accepted image by its bytes and pixel
+    count, record it `pending` and queue its processing."""
     settings, media = backends.settings, backends.media
-    await _ensure_room(db, settings, post.id)
-    await db.commit()  # no connection is held while the body streams in
-    received = await receive_file(
-        request,
-        settings.uploads_path,
-        settings.max_upload_bytes,
-        max_parts=settings.max_upload_parts,
-    )
     try:
-        format_ = sniff(received.head)
+        format_ = imaging.sniff(head)
         if format_ is None:
             raise UnsupportedMediaType("Only JPEG, PNG, WebP and GIF images are accepted.")
         try:
-            probed = await anyio.to_thread.run_sync(probe, received.path, format_)
+            probed = await anyio.to_thread.run_sync(imaging.probe, file, format_)
         except ImageRejected as exc:
             raise UnreadableImage(str(exc)) from exc
         if probed.width * probed.height > settings.max_image_pixels:
@@ -109,19 +122,19 @@ async def upload(
             )
         await _ensure_room(db, settings, post.id)
         key = secrets.token_hex(16)
-        received.path.replace(media.upload_path(key))
+        await media.save_upload(key, file)
     except BaseException:
-        received.path.unlink(missing_ok=True)
+        file.unlink(missing_ok=True)  # noqa: ASYNC240 - at once, even when cancelled
         raise
     task = tasks.new(db, PROCESS_IMAGE, user_id)
     image = Image(
         post_id=post.id,
         storage_key=key,
-        alt=received.fields.get("alt", "")[:MAX_ALT],
+        alt=alt[:MAX_ALT],
         format=format_,
         width=probed.width,
         height=probed.height,
-        bytes=received.size,
+        bytes=size,
         variants={},
         attempts=0,
         task_id=task.id,
@@ -135,21 +148,22 @@ async def upload(
     return to_out(image, media, public=post.published)
 
 
-async def get(db: AsyncSession, post: Post, image_id: int) -> Image:
+async def get(db: AsyncSession, *, post: Post, image_id: int) -> Image:
     image = await db.scalar(select(Image).where(Image.id == image_id, Image.post_id == post.id))
     if image is None:
         raise ImageNotFound
     return image
 
 
-async def get_out(db: AsyncSession, media: LocalMedia, post: Post, image_id: int) -> ImageOut:
-    return to_out(await get(db, post, image_id), media, public=post.published)
+async def get_out(db: AsyncSession, backends: Backends, *, post: Post, image_id: int) -> ImageOut:
+    image = await get(db, post=post, image_id=image_id)
+    return to_out(image, backends.media, public=post.published)
 
 
 async def delete(db: AsyncSession, backends: Backends, image: Image) -> None:
     await db.delete(image)
     await db.commit()
-    await anyio.to_thread.run_sync(backends.media.delete, image.storage_key)
+    await backends.media.delete(image.storage_key)
     await backends.stores.cache.bump(*post_generations(image.post_id))
 
 
@@ -162,12 +176,233 @@ async def storage_keys_of_posts(db: AsyncSession, *conditions: object) -> list[s
     return list(rows)
 
 
-async def remove_files(media: LocalMedia, keys: list[str]) -> None:
-    for key in keys:
-        await anyio.to_thread.run_sync(media.delete, key)
+async def remove_files(media: MediaStorage, keys: list[str]) -> None:
+    await media.delete(*keys)
 
 
 async def _ensure_room(db: AsyncSession, settings: Settings, post_id: int) -> None:
     count = await db.scalar(select(func.count(Image.id)).where(Image.post_id == post_id)) or 0
     if count >= settings.max_images_per_post:
         raise TooManyImages(f"A post has at most {settings.max_images_per_post} images.")
+
+
+# --- Processing: what the `process_image` job does ---------------------------------------------
+
+
+async def process(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    settings: Settings,
+    media: MediaStorage,
+    cache: Cache,
+    task_id: str,
+    image_id: int,
+    reuse_attempt: int | None = None,
+    redelivered: bool = False,
+) -> dict[str, Any]:
+    """Turn an uploaded file into its cleaned original and variants. Idempotent: only a pending
+    image is worked on, by one try at a time (its task holds it), files are written atomically,
+    a deleted image stays deleted, and attempts are counted so that an image that keeps killing
+    its worker ends `failed` instead of coming back for ever. The task ends SUCCESS with the
+    image `ready` (or deleted meanwhile), FAILURE with it `failed`.
+
+    A try after a passing fault (`reuse_attempt`: the attempt that fault interrupted) does not
+    count again; a passing fault raises Interrupted. A copy of the job that finds another one
+    holding the image raises JobBusy, without counting, unless it takes that hold over: it is
+    the same message delivered again because its worker died (`redelivered`), or the try after
+    a fault of its own."""
+    async with sessions() as db:
+        image = await db.get(Image, image_id)
+        if image is not None and image.task_id != task_id:
+            image = None  # not the image this job was queued for: that one is gone
+        if image is not None and image.status != ImageStatus.PENDING:
+            return {"image_id": image_id, "status": image.status}
+    if image is None:  # deleted before its job ran: the task says so
+        result = {"image_id": image_id, "status": "deleted"}
+        await tasks.record(sessions, task_id, state=TaskState.SUCCESS, result=result)
+        return result
+    attempts = await _start(sessions, settings, task_id, image_id, reuse_attempt, redelivered)
+    if attempts is None:  # deleted, or finished by another copy, just now
+        return {"image_id": image_id, "status": "gone"}
+    try:
+        return await _process(sessions, settings, media, cache, image, attempts)
+    except Exception as exc:
+        if is_transient(exc):
+            raise Interrupted(attempts) from exc
+        raise
+
+
+async def fail(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    media: MediaStorage,
+    cache: Cache,
+    image_id: int,
+    detail: str,
+) -> None:
+    """The image's job gave up (its time limit, a failure of its own): the image ends `failed`
+    and its task FAILURE, never `pending` for ever."""
+    async with sessions() as db:
+        image = await db.get(Image, image_id)
+    if image is not None:
+        await _finish(sessions, media, cache, image, failure=Failure.UNPROCESSABLE, detail=detail)
+
+
+async def pending(
+    sessions: async_sessionmaker[AsyncSession], *, older_than_seconds: int
+) -> list[tuple[str, int]]:
+    """(task id, image id) of images still pending after `older_than_seconds`: the sweep."""
+    cutoff = utcnow().timestamp() - older_than_seconds
+    async with sessions() as db:
+        rows = await db.execute(
+            select(Image.task_id, Image.id, Image.updated_at).where(
+                Image.status == ImageStatus.PENDING
+            )
+        )
+        return [(t, i) for t, i, at in rows if at.timestamp() <= cutoff]
+
+
+async def _start(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    task_id: str,
+    image_id: int,
+    reuse_attempt: int | None,
+    redelivered: bool,
+) -> int | None:
+    """Count the attempt and hold the task, in one transaction (the image's row first, as
+    `_finish` locks them): the attempt number, or None when the image is no longer pending."""
+    counted: Any = Image.attempts + 1
+    if reuse_attempt is not None:  # the interrupted try's count stands for this one
+        counted = case((Image.attempts == reuse_attempt, Image.attempts), else_=counted)
+    now = utcnow()
+    stale = now - timedelta(seconds=settings.task_time_limit_seconds)
+    claim = update(Task).where(Task.id == task_id)
+    if not (redelivered or reuse_attempt is not None):
+        claim = claim.where(or_(Task.state != TaskState.STARTED, Task.updated_at < stale))
+    async with sessions() as db:
+        attempts = await db.scalar(
+            update(Image)
+            .where(
+                Image.id == image_id,
+                Image.task_id == task_id,
+                Image.status == ImageStatus.PENDING,
+            )
+            .values(attempts=counted)
+            .returning(Image.attempts)
+        )
+        if attempts is None:
+            await db.rollback()
+            return None
+        held = await db.scalar(
+            claim.values(state=TaskState.STARTED, result={"image_id": image_id}, updated_at=now)
+            .returning(Task.id)
+            .execution_options(synchronize_session=False)
+        )
+        if held is None:
+            state = await db.scalar(select(Task.state).where(Task.id == task_id))
+            if state == TaskState.STARTED:
+                await db.rollback()
+                raise JobBusy(f"image {image_id} is being processed by another try")
+        await db.commit()
+    return int(attempts)
+
+
+async def _process(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    media: MediaStorage,
+    cache: Cache,
+    image: Image,
+    attempts: int,
+) -> dict[str, Any]:
+    async def finish(failure: Failure | None = None, detail: str | None = None) -> dict[str, Any]:
+        return await _finish(sessions, media, cache, image, failure=failure, detail=detail)
+
+    if attempts > settings.task_max_attempts:
+        return await finish(Failure.UNPROCESSABLE, f"gave up after {attempts - 1} attempts")
+    try:
+        async with media.original(image.storage_key) as source:
+            checked = await anyio.to_thread.run_sync(imaging.probe, source, image.format)
+            if checked.width * checked.height > settings.max_image_pixels:
+                return await finish(Failure.TOO_MANY_PIXELS)
+            async with media.variants(image.storage_key) as out_dir:
+                variants = await anyio.to_thread.run_sync(
+                    imaging.process, source, image.format, out_dir
+                )
+    except ImageRejected as exc:
+        return await finish(_rejected(exc), str(exc))
+    except FileNotFoundError as exc:
+        return await finish(Failure.UPLOAD_MISSING, str(exc))
+    image.variants = {v.name: v.as_dict(media.url(image.storage_key, v.filename)) for v in variants}
+    original = image.variants["original"]
+    image.width, image.height = original["width"], original["height"]  # upright now
+    return await finish()
+
+
+def _rejected(exc: ImageRejected) -> Failure:
+    if isinstance(exc.__cause__, PilImage.DecompressionBombError):
+        return Failure.TOO_MANY_PIXELS
+    if isinstance(exc.__cause__, FileNotFoundError):
+        return Failure.UPLOAD_MISSING
+    return Failure.NOT_AN_IMAGE
+
+
+async def _finish(
+    sessions: async_sessionmaker[AsyncSession],
+    media: MediaStorage,
+    cache: Cache,
+    image: Image,
+    *,
+    failure: Failure | None = None,
+    detail: str | None = None,
+) -> dict[str, Any]:
+    """Record the outcome, if the image is still there and still pending: one conditional
+    UPDATE in the transaction that settles the task too (SUCCESS when the image is ready,
+    FAILURE when it failed), so an image deleted meanwhile is not brought back, and the files
+    written for it are removed."""
+    status = ImageStatus.FAILED if failure else ImageStatus.READY
+    state = TaskState.FAILURE if failure else TaskState.SUCCESS
+    result: dict[str, Any] = {"image_id": image.id, "status": status}
+    if failure:
+        result["reason"] = failure.value
+    values: dict[str, Any] = {
+        "status": status,
+        "failure_reason": failure.value if failure else None,
+        "updated_at": utcnow(),
+    }
+    if failure is None:
+        values |= {"variants": image.variants, "width": image.width, "height": image.height}
+    async with sessions() as db:
+        settled = await db.scalar(
+            update(Image)
+            .where(Image.id == image.id, Image.status == ImageStatus.PENDING)
+            .values(**values)
+            .returning(Image.id)
+        )
+        if settled is None:
+            current = await db.scalar(select(Image.status).where(Image.id == image.id))
+            if current is not None:  # another copy of the job settled it: its result stands
+                await db.rollback()
+                return {"image_id": image.id, "status": current}
+            result, state = {"image_id": image.id, "status": "deleted"}, TaskState.SUCCESS
+        # The image and its task change together: whoever sees one sees the other.
+        await db.execute(
+            update(Task)
+            .where(Task.id == image.task_id)
+            .values(state=state, result=result, updated_at=utcnow())
+        )
+        await db.commit()
+    if settled is None:
+        await media.delete(image.storage_key)
+        logger.info("image deleted while it was processed", extra={"image_id": image.id})
+        return result
+    if failure is None:
+        await media.discard_upload(image.storage_key)
+    await cache.bump(*post_generations(image.post_id))
+    if failure:
+        logger.warning(
+            "image failed",
+            extra={"image_id": image.id, "reason": failure.name, "detail": detail},
+        )
+    return result

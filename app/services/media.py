@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import anyio.to_thread
 from sqlalchemy import select
 
-from app.core.media import content_type
-from app.errors import NotFound
+from app.core.media import content_type, is_object_name
+from app.errors import MediaNotFound
 from app.models import Image, Post
 from app.services.backends import Backends
 from app.stores.cache import image_post_slot, post_public_slot
@@ -26,13 +25,7 @@ PUBLIC, PRIVATE = b"1", b"0"
 # X-Content-Type-Options on every answer here, file or 404: SecurityHeadersMiddleware.
 
 
-class MediaNotFound(NotFound):
-    code = "media_not_found"
-    detail = "No such file, or not yours to see."
-
-    def __init__(self) -> None:
-        # Not cached anywhere: the file may become public when its post is published.
-        super().__init__(headers={"Cache-Control": "no-store"})
+__all__ = ["MediaFile", "MediaNotFound", "open_file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +48,8 @@ async def open_file(
     signed URL (valid and unexpired) privately until it expires, an unsigned URL publicly when
     the post is published. Everything else is 404, whether or not the file exists."""
     media = backends.media
-    path = media.file(key, filename)
     type_ = content_type(filename)
-    if path is None or type_ is None:
+    if type_ is None or not is_object_name(key, filename):
         raise MediaNotFound
     if expires is not None or signature is not None:
         # A signed URL is judged by its signature alone: never served publicly, even when the
@@ -70,11 +62,10 @@ async def open_file(
         cache_control = PUBLIC_CACHE
     else:
         raise MediaNotFound
-    try:
-        stat = await anyio.to_thread.run_sync(os.stat, path)
-    except OSError:
-        raise MediaNotFound from None
-    return MediaFile(str(path), stat, type_, cache_control)
+    found = await media.find(key, filename)
+    if found is None:
+        raise MediaNotFound
+    return MediaFile(str(found.path), found.stat, type_, cache_control)
 
 
 async def _is_public(backends: Backends, key: str) -> bool:

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
 from app.core import slugs
-from app.core.media import LocalMedia
+from app.core.media import MediaStorage
 from app.database.types import utcnow
 from app.database.upsert import insert_ignoring_conflicts
 from app.errors import Forbidden, NotPostAuthor, PostNotFound
@@ -275,13 +275,13 @@ async def set_like(db: AsyncSession, cache: Cache, post: Post, user: Viewer, lik
 
 
 async def get_out(
-    db: AsyncSession, media: LocalMedia, post: Post, viewer: Viewer | None
+    db: AsyncSession, media: MediaStorage, post: Post, viewer: Viewer | None
 ) -> PostOut:
     return to_out(post, media, liked=post.id in await _liked(db, viewer, [post.id]))
 
 
 async def list_posts(
-    db: AsyncSession, media: LocalMedia, query: PostQuery, viewer: Viewer | None
+    db: AsyncSession, media: MediaStorage, query: PostQuery, viewer: Viewer | None
 ) -> Page[PostOut]:
     """One page: a count, the rows with their authors, their tags, and the viewer's likes."""
     conditions = list(_filters(query, viewer))
@@ -301,7 +301,7 @@ async def list_posts(
 
 
 async def posts_by_ids(
-    db: AsyncSession, media: LocalMedia, post_ids: Sequence[int], viewer: Viewer | None
+    db: AsyncSession, media: MediaStorage, post_ids: Sequence[int], viewer: Viewer | None
 ) -> dict[int, PostOut]:
     """These posts (those the viewer may see), by id, in a fixed number of statements."""
     if not post_ids:
@@ -333,7 +333,7 @@ async def popular_tags(db: AsyncSession, prefix: str | None, limit: int) -> list
     return [TagCount(name=name, count=n) for name, n in await db.execute(stmt)]
 
 
-def to_out(post: Post, media: LocalMedia, liked: bool) -> PostOut:
+def to_out(post: Post, media: MediaStorage, liked: bool) -> PostOut:
     return PostOut(
         id=post.id,
         slug=post.slug,

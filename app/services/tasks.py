@@ -6,17 +6,15 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.errors import NotFound
-from app.models import Task
+from app.database.types import utcnow
+from app.errors import TaskNotFound
+from app.models import Task, TaskState
 from app.schemas.task import TaskOut
 
-
-class TaskNotFound(NotFound):
-    code = "task_not_found"
-    detail = "No such task."
+__all__ = ["TaskNotFound", "counts_by_state", "fail", "get", "new", "record"]
 
 
 def new(db: AsyncSession, name: str, user_id: int | None) -> Task:
@@ -26,7 +24,30 @@ def new(db: AsyncSession, name: str, user_id: int | None) -> Task:
     return task
 
 
-async def get(db: AsyncSession, task_id: str, user_id: int) -> TaskOut:
+async def record(
+    sessions: async_sessionmaker[AsyncSession],
+    task_id: str,
+    *,
+    state: TaskState,
+    result: dict[str, Any] | None = None,
+) -> None:
+    """Set a task's state and result, in a transaction of its own (the jobs' way)."""
+    async with sessions() as db:
+        await db.execute(
+            update(Task)
+            .where(Task.id == task_id)
+            .values(state=state, result=result, updated_at=utcnow())
+        )
+        await db.commit()
+
+
+async def fail(sessions: async_sessionmaker[AsyncSession], task_id: str, *, error: str) -> None:
+    """End a task FAILURE, with what its owner reads about why."""
+    await record(sessions, task_id, state=TaskState.FAILURE, result={"error": error})
+
+
+async def get(db: AsyncSession, *, task_id: str, user_id: int) -> TaskOut:
+    """The task, if `user_id` queued it (404 otherwise, whether or not it exists)."""
     task = await db.get(Task, task_id)
     if task is None or task.user_id != user_id:
         raise TaskNotFound

@@ -213,6 +213,30 @@ async def update(db: AsyncSession, backends: Backends, user: User, changes: Prof
     return user
 
 
+async def update_unconfirmed(
+    db: AsyncSession,
+    backends: Backends,
+    *,
+    user: User,
+    session_id: uuid.UUID,
+    values: dict[str, Any],
+    password: str | None = None,
+) -> User:
+    """Change one's account the way clients without confirmation steps do (the RealWorld API):
+    a new e-mail address takes effect at once, unverified again; a new password needs no current
+    one, and then every other session ends, as with `change_password`."""
+    if "email" in values and values["email"] != user.email:
+        values = {**values, "pending_email": None}
+    if values:
+        await _apply(db, backends.stores, user, values)
+    if password is not None:
+        user.password_hash = await backends.security.passwords.hash(password)
+        await auth.end_sessions(db, user.id, keep=session_id)
+        await db.commit()
+        await backends.stores.sessions.user_changed(user.id)
+    return user
+
+
 async def _request_email_change(
     db: AsyncSession, backends: Backends, user: User, new_email: str
 ) -> None:

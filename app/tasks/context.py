@@ -6,7 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.core.mail import Mailer, build_mailer
-from app.core.media import LocalMedia
+from app.core.media import LocalMedia, MediaStorage
 from app.database.session import create_engine, create_session_factory
 from app.stores import Stores
 
@@ -18,7 +18,7 @@ class JobContext:
     settings: Settings
     session_factory: async_sessionmaker[AsyncSession]
     stores: Stores
-    media: LocalMedia
+    media: MediaStorage
     mailer: Mailer
     engine: AsyncEngine | None = None  # set when the context owns it (a worker process)
 

@@ -39,10 +39,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.core.queue import JOB_NAMES, Job, TaskRunner
 from app.database.types import utcnow
 from app.models import OutboxJob, Task, TaskState
-from app.tasks.jobs import JOB_NAMES
-from app.tasks.runner import Job, TaskRunner, with_jitter
+from app.tasks.runner import with_jitter
 from app.web.middleware import current_request_id
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
-"""How jobs are started: Celery when a broker is configured, in-process otherwise. Services
-record a job in the outbox with their data and hand it over after the commit
-(`app.tasks.outbox`); they never ask which runner they have."""
+"""How jobs are started: Celery when a broker is configured, in-process otherwise, both
+`app.core.queue.TaskRunner`s. Services record a job in the outbox with their data and hand it
+over after the commit (`app.tasks.outbox`); they never ask which runner they have."""
 
 from __future__ import annotations
 
@@ -10,27 +10,22 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import anyio.to_thread
 
 from app.config import Settings
+from app.core.faults import Delivered, Interrupted, JobBusy, RetryableError, is_transient
 from app.core.metrics import TASKS_QUEUED
+from app.core.queue import PROCESS_IMAGE, Job, TaskRunner
 from app.models import TaskState
+from app.services import tasks
 from app.tasks.celery_config import create_celery
 from app.tasks.context import JobContext
-from app.tasks.faults import is_transient
-from app.tasks.jobs import (
-    JOBS,
-    PROCESS_IMAGE,
-    Delivered,
-    Interrupted,
-    JobBusy,
-    RetryableError,
-    give_up,
-    record_state,
-)
+from app.tasks.jobs import JOBS, give_up
 from app.web.middleware import RequestContext, request_context
+
+__all__ = ["CeleryRunner", "InProcessRunner", "Job", "TaskRunner", "build_runner"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,29 +100,13 @@ async def record_failure(
         if step.give_up:
             await give_up(ctx, name, task_id, step.kwargs, detail=repr(exc), error=step.error)
         elif step.state is not None:
-            await record_state(ctx, task_id, step.state, {"error": step.error})
+            await tasks.record(
+                ctx.session_factory, task_id, state=step.state, result={"error": step.error}
+            )
     except Exception as second:
         if not is_transient(second):
             raise
         logger.warning("could not record a job's failure", extra={"task": name, "task_id": task_id})
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One job of the outbox, as a runner receives it."""
-
-    id: int
-    name: str
-    task_id: str
-    args: dict[str, Any]
-    request_id: str | None = None
-
-
-class TaskRunner(Protocol):
-    async def send(self, job: Job) -> None:
-        """Hand the job over (raises when it cannot: the outbox sends it again later)."""
-
-    async def drain(self) -> None: ...
 
 
 class InProcessRunner:

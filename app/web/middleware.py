@@ -113,11 +113,13 @@ def _route_template(scope: Scope, root_path: str) -> str:
     """The matched route's template (`/api/posts/{post_id}`), a mount's prefix (`/media/{path}`),
     or `<unmatched>`: never the raw path, whose ids would make a metric series each."""
     route = getattr(scope.get("route"), "path", None)
-    if route:
-        return str(route)
     mounted_at = scope.get("root_path", "")
-    if mounted_at != root_path:  # a Mount (static files) moved its prefix into root_path
-        return f"{mounted_at[len(root_path) :]}/{{path}}"
+    # A Mount moved its prefix into root_path: a mounted app's routes (/conduit) carry it too.
+    prefix = mounted_at[len(root_path) :] if mounted_at != root_path else ""
+    if route:
+        return f"{prefix}{route}"
+    if prefix:  # static files, or a path a mounted app has no route for
+        return f"{prefix}/{{path}}"
     return metrics.UNMATCHED_ROUTE
 
 

@@ -43,6 +43,25 @@ class RetryableError(Exception):
     """A failure worth trying again later (an SMTP server that is down)."""
 
 
+class JobBusy(RetryableError):
+    """Another copy of this job (a redelivery, a second send) holds it: try again when its hold
+    ends, without counting an attempt or touching the task."""
+
+
+class Delivered(RetryableError):
+    """An e-mail sent whose success could not be recorded: the next try only records it."""
+
+
+class Interrupted(RetryableError):
+    """An image job stopped by a passing fault (the database went away) after it counted its
+    attempt: the next try of the same job reuses that attempt (`reuse_attempt`), so that a
+    fault of a service never makes an image fail."""
+
+    def __init__(self, attempt: int) -> None:
+        super().__init__(f"interrupted at attempt {attempt}")
+        self.attempt = attempt
+
+
 def _transient_itself(exc: BaseException) -> bool:
     if isinstance(exc, (RetryableError, *_SERVICE_CONNECTION, *_ASYNCPG_CONNECTION)):
         return True

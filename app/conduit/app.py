@@ -1,0 +1,70 @@
+"""The Conduit sub-application, mounted at /conduit with its own OpenAPI document and docs."""
+
+from __future__ import annotations
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+
+from app.conduit.errors import install_error_handlers
+from app.conduit.routes import tags, users
+from app.config import Settings
+from app.errors import DatabaseErrorMiddleware
+from app.web.docs import ASSETS_URL, SWAGGER_UI_PARAMETERS
+from app.web.http import single_valued_query
+
+CONDUIT_PATH = "/conduit"
+
+DESCRIPTION = """
+The [RealWorld](https://github.com/realworld-apps/realworld) API 2.0 ("Conduit"), served by
+Inkwell over the same accounts and posts as `/api`: point any RealWorld frontend at
+`/conduit/api`.
+
+Press **Authorize** and enter `Token <token>` with the `token` that logging in answers with.
+Errors take RealWorld's shape: `{"errors": {"body": ["can't be blank"]}}`.
+"""
+
+
+def create_conduit_app(settings: Settings) -> FastAPI:
+    conduit = FastAPI(
+        title="Conduit (RealWorld API) on Inkwell",
+        version="2.0.0",
+        description=DESCRIPTION,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(single_valued_query)],
+    )
+    for module in (users, tags):
+        conduit.include_router(module.router)
+    if settings.docs_enabled:
+        _install_docs(conduit)
+    install_error_handlers(conduit)
+    conduit.add_middleware(DatabaseErrorMiddleware)
+    return conduit
+
+
+def mount_conduit(app: FastAPI) -> None:
+    """Mounts the Conduit API at /conduit, sharing the app's state (its database, stores and
+    settings); the app's middleware (CORS, body limits, request ids) covers it too."""
+    conduit = create_conduit_app(app.state.settings)
+    conduit.state = app.state
+    app.mount(CONDUIT_PATH, conduit, name="conduit")
+
+
+def _install_docs(conduit: FastAPI) -> None:
+    """Swagger UI at /conduit/docs, with the assets Inkwell's own docs serve."""
+
+    @conduit.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        response = get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json",
+            title=conduit.title,
+            swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{ASSETS_URL}/favicon.png",
+            swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
+        )
+        response.headers["Cache-Control"] = "no-cache"
+        return response

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 from app.conduit import mount_conduit
 from app.config import Settings, get_settings
 from app.core import password_policy
+from app.core.cursors import Cursors
 from app.core.logging import configure_logging
 from app.core.mail import build_mailer
 from app.core.media import LocalMedia
@@ -26,12 +27,15 @@ from app.database.session import (
 )
 from app.errors import AppError
 from app.routes import (
+    comments,
+    feed,
     health,
     images,
     media,
     pages,
     password_reset,
     posts,
+    profiles,
     tags,
     tasks,
     tokens,
@@ -65,6 +69,9 @@ TAGS = [
     {"name": "posts", "description": "Posts with tags and likes; drafts stay private."},
     {"name": "images", "description": "Post images, processed into variants in the background."},
     {"name": "tasks", "description": "Background tasks you queued."},
+    {"name": "profiles", "description": "Public profiles; follow and unfollow."},
+    {"name": "comments", "description": "Comments and replies on posts."},
+    {"name": "feed", "description": "The posts of the people you follow."},
     {"name": "operations", "description": "Health checks for orchestrators."},
 ]
 
@@ -94,6 +101,7 @@ async def open_backends(
         Security.from_settings(settings),
         create_read_session_factory(engine, settings),
         outbox=outbox,
+        cursors=Cursors.from_settings(settings),
     )
     try:
         yield backends, jobs, outbox
@@ -194,7 +202,8 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     if settings.docs_enabled:
         install_docs(app)
 
-    for module in (tokens, users, password_reset, posts, images, tags, tasks, health, pages):
+    routers = (tokens, users, password_reset, posts, images, tags, tasks, health, pages)
+    for module in (*routers, profiles, comments, feed):
         app.include_router(module.router)
     settings.media_path.mkdir(parents=True, exist_ok=True)
     app.include_router(media.build_router(settings.media_url))

@@ -7,6 +7,7 @@ from pydantic import AfterValidator, BaseModel, Field, JsonValue, StringConstrai
 
 from app.schemas.common import (
     NOT_BLANK_PATTERN,
+    NUL_FREE_PATTERN,
     NulFreeModel,
     PageQuery,
     PatchModel,
@@ -16,8 +17,8 @@ from app.schemas.common import (
 from app.schemas.image import ImageOut
 
 MAX_TAGS = 10
-# As given; stored lower-cased (ASCII only, so the stored tag matches `^[a-z0-9-]{1,32}$`).
-TAG_PATTERN = r"^[A-Za-z0-9-]{1,32}$"
+# As given; stored lower-cased (ASCII only, so the stored tag matches `^[a-z0-9_-]{1,32}$`).
+TAG_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
 
 
 def _normalise_tags(tags: list[str]) -> list[str]:
@@ -32,12 +33,16 @@ Title = Annotated[
         strip_whitespace=True, min_length=1, max_length=200, pattern=NOT_BLANK_PATTERN
     ),
 ]
+Summary = Annotated[
+    str,
+    Field(max_length=300, pattern=NUL_FREE_PATTERN, description="A short abstract, at most 300"),
+]
 Content = Annotated[str, Field(min_length=1, max_length=50_000, pattern=NOT_BLANK_PATTERN)]
 Tags = Annotated[
     list[Annotated[str, StringConstraints(pattern=TAG_PATTERN)]],
     Field(
         max_length=MAX_TAGS,
-        description=f"At most {MAX_TAGS} tags of 1-32 letters, digits and `-`; they are "
+        description=f"At most {MAX_TAGS} tags of 1-32 letters, digits, `-` and `_`; they are "
         "lower-cased and duplicates dropped",
     ),
     AfterValidator(_normalise_tags),
@@ -45,6 +50,7 @@ Tags = Annotated[
 
 _POST_EXAMPLE: dict[str, JsonValue] = {
     "title": "Hello, Inkwell",
+    "summary": "What this blog is about.",
     "content": "The *first* post.",
     "published": True,
     "tags": ["intro", "fastapi"],
@@ -55,6 +61,7 @@ class PostCreate(RequestModel):
     model_config = example(_POST_EXAMPLE)
 
     title: Title
+    summary: Summary | None = None
     content: Content
     published: bool = True
     tags: Tags = Field(default_factory=list)
@@ -66,6 +73,7 @@ class PostReplace(RequestModel):
     model_config = example(_POST_EXAMPLE)
 
     title: Title
+    summary: Summary | None = None
     content: Content
     published: bool
     tags: Tags
@@ -77,6 +85,7 @@ class PostPatch(PatchModel):
     model_config = example({"title": "A better title"})
 
     title: Title | None = None
+    summary: Summary | None = None
     content: Content | None = None
     published: bool | None = None
     tags: Tags | None = None
@@ -85,11 +94,14 @@ class PostPatch(PatchModel):
 class AuthorOut(BaseModel):
     id: int
     username: str
+    image: str | None = Field(description="The author's picture URL, or null")
 
 
 class PostOut(BaseModel):
     id: int
+    slug: str = Field(description="From the title at creation, unique, kept when it changes")
     title: str
+    summary: str | None
     content: str
     published: bool
     tags: list[str]
@@ -97,6 +109,7 @@ class PostOut(BaseModel):
     images: list[ImageOut]
     likes: int
     liked_by_me: bool
+    comments: int = Field(description="How many comments (not counting deleted ones)")
     created_at: datetime
     updated_at: datetime
 
@@ -122,6 +135,9 @@ class PostQuery(PageQuery, NulFreeModel):
         default_factory=list, max_length=MAX_TAGS, description="Repeatable: a post must carry all"
     )
     author: str | None = Field(None, max_length=32, description="The author's username")
+    favorited_by: str | None = Field(
+        None, max_length=32, description="Only the posts this user (a username) liked"
+    )
 
 
 class TagCount(BaseModel):

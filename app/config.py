@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # within this plus REDIS_TIMEOUT_SECONDS: keep the sum under clients' timeouts.
     redis_revocation_wait_seconds: float = Field(default=4.0, ge=0)
     cache_enabled: bool = True
+    # With Redis: cached answers and session checks also kept in process memory, invalidated by
+    # Redis (client-side tracking), so a cached read needs no round trip.
+    near_cache_enabled: bool = True
     cache_ttl_seconds: int = Field(default=300, ge=1)
     auth_cache_ttl_seconds: int = Field(default=60, ge=1)
 

@@ -36,7 +36,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -46,6 +46,9 @@ from redis.exceptions import MaxConnectionsError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.config import Settings
+
+if TYPE_CHECKING:
+    from app.stores.near import NearCache
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +128,8 @@ class RedisLink:
             single_connection_client=True,
         )
         self._confirming: asyncio.Task[None] | None = None
+        # Set by the stores when the near cache is on; an epoch bump empties it at once.
+        self.near: NearCache | None = None
 
     @property
     def available(self) -> bool:
@@ -214,6 +219,8 @@ class RedisLink:
         # while it is in flight may have been meant to outdate an entry written after it.
         covering = self._missed_writes
         await self.client.incr(EPOCH_KEY)
+        if self.near is not None:
+            self.near.forget((EPOCH_KEY,))
         if covering > self._made_up:  # another bump may have covered more meanwhile
             self._made_up = covering
             logger.warning("redis is reachable again; cached entries were invalidated")
@@ -256,5 +263,7 @@ class RedisLink:
         for task in (self._probe, self._confirming):
             if task is not None:
                 task.cancel()
+        if self.near is not None:
+            await self.near.close()
         await self._confirm_client.aclose()
         await self.client.aclose()

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
@@ -62,8 +62,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"").decode("latin-1")
-        request_id = incoming if _VALID_REQUEST_ID.match(incoming) else os.urandom(16).hex()
+        request_id = _incoming_request_id(scope["headers"]) or os.urandom(16).hex()
         context = RequestContext(request_id)
         root_path = scope.get("root_path", "")
         token = request_context.set(context)
@@ -76,8 +75,9 @@ class RequestIdMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
+                # A new list: a response's own header list may be sent again.
                 message["headers"] = [
-                    *message.get("headers", []),
+                    *message.get("headers", ()),
                     (REQUEST_ID_HEADER, request_id.encode("latin-1")),
                 ]
             await send(message)
@@ -94,19 +94,29 @@ class RequestIdMiddleware:
             seconds = time.perf_counter() - started
             route = _route_template(scope, root_path)
             metrics.observe_request(scope["method"], route, status, seconds)
-            access_logger.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "route": route,
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 2),
-                    "user_id": context.user_id,
-                    "client": (scope.get("client") or ("-",))[0],
-                },
-            )
+            if access_logger.isEnabledFor(logging.INFO):
+                access_logger.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "route": route,
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 2),
+                        "user_id": context.user_id,
+                        "client": (scope.get("client") or ("-",))[0],
+                    },
+                )
             request_context.reset(token)
+
+
+def _incoming_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The client's `X-Request-ID`, if it is a valid one (found without copying the headers)."""
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER:
+            incoming = value.decode("latin-1")
+            return incoming if _VALID_REQUEST_ID.match(incoming) else None
+    return None
 
 
 def _route_template(scope: Scope, root_path: str) -> str:
@@ -137,10 +147,10 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                headers += [(name, value) for name, value in self.HEADERS if name not in present]
-                message["headers"] = headers
+                headers = message["headers"] = list(message.get("headers", ()))
+                for name, value in self.HEADERS:
+                    if not any(present.lower() == name for present, _ in headers):
+                        headers.append((name, value))
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

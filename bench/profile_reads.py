@@ -81,8 +81,27 @@ def summarize(profile: cProfile.Profile, title: str, top: int) -> str:
     return "\n".join(lines)
 
 
+async def redis_reads(redis_url: str) -> int:
+    """Cache reads and session checks Redis has carried out (EVALSHA and MGET calls)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "mget"))
+
+
 async def profile_one(
-    database_url: str, redis_url: str, data_dir: Path, cache: bool, seconds: float, top: int
+    database_url: str,
+    redis_url: str,
+    data_dir: Path,
+    cache: bool,
+    seconds: float,
+    top: int,
+    connections: int,
+    profiled: bool,
 ) -> str:
     os.environ.update(
         {
@@ -127,19 +146,31 @@ async def profile_one(
             (await client.get(url, headers=headers)).raise_for_status()
     script = data_dir / "read.lua"
     await asyncio.to_thread(script.write_text, LUA_AUTH.format(token=token))
+    reads_before = await redis_reads(redis_url)
     profile = cProfile.Profile()
-    profile.enable()
+    if profiled:
+        profile.enable()
     wrk = await asyncio.create_subprocess_exec(
-        "wrk", "-t2", "-c32", f"-d{int(seconds)}s", f"--script={script}", url,
+        "wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--timeout=10s",
+        f"--script={script}", url,
         stdout=subprocess.PIPE,
     )  # fmt: skip
     out, _ = await wrk.communicate()
     profile.disable()
+    reads = await redis_reads(redis_url) - reads_before
     server.should_exit = True
     await serving
-    rps = next((line for line in out.decode().splitlines() if "Requests/sec" in line), "")
-    title = f"GET /api/posts/{{id}}, cache {'on' if cache else 'off'} ({rps.strip()}, profiled)"
-    return summarize(profile, title, top)
+    lines = out.decode().splitlines()
+    rps = next((line for line in lines if "Requests/sec" in line), "")
+    done = next((line for line in lines if "requests in" in line), "").split()
+    requests = int(done[0]) if done and done[0].isdigit() else 0
+    errors = [line.strip() for line in lines if "Socket errors" in line or "Non-2xx" in line]
+    title = (
+        f"GET /api/posts/{{id}}, cache {'on' if cache else 'off'}, {connections} connections "
+        f"({rps.strip()}{', profiled' if profiled else ''}; Redis reads per request: "
+        f"{reads / max(requests, 1):.3f}{'; ' + '; '.join(errors) if errors else ''})"
+    )
+    return summarize(profile, title, top) if profiled else f"== {title}"
 
 
 def main() -> int:
@@ -149,6 +180,8 @@ def main() -> int:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
     parser.add_argument("--cache", choices=("on", "off"), default=None, help="only this run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--no-profile", action="store_true", help="only the rate and Redis reads")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
@@ -179,6 +212,8 @@ def main() -> int:
                             cache,
                             args.seconds,
                             args.top,
+                            args.connections,
+                            not args.no_profile,
                         )
                     ),
                     flush=True,

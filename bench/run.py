@@ -512,7 +512,10 @@ class Report:
             m = row.measurement
             if row.kind in ("read", "list", "health"):
                 row.ratio = m.rps / self.hello_rps
-            if row.share_of is not None:
+            if row.share_of is not None and row.kind == "reference":
+                row.share = m.rps / row.share_of.rps
+                row.target = "(the stack's own)"
+            elif row.share_of is not None:
                 row.share = m.rps / row.share_of.rps
                 row.target = f">= {LOAD_SHARE_TARGET:.0%} of {row.share_of.connections}, 0 errors"
                 row.met = row.share >= LOAD_SHARE_TARGET and m.error_count == 0
@@ -819,6 +822,11 @@ class Bench:
         if o.near_off:
             self.run_far(report, wrk, seeded, redis_port)
         measure_hello()
+        # The bare stack under the same load: what the load rows' shares compare with.
+        for conns in (o.high_connections, o.top_connections):
+            say(f"  hello-world at {conns} connections")
+            m = wrk.run(f"hello-world at {conns}", hello_url, conns, o.seconds)
+            report.rows.append(Row(m, "reference", "-", share_of=report.hello[-1]))
 
     def run_far(self, report: Report, wrk: Wrk, seeded: Seeded, redis_port: int) -> None:
         """The cached read with the near cache off: a Redis round trip per hit."""

@@ -82,7 +82,7 @@ class NoSessionCache:
         return None
 
 
-def _keys(session_id: uuid.UUID, user_id: int) -> tuple[str, str, str]:
+def _keys(session_id: uuid.UUID | str, user_id: int) -> tuple[str, str, str]:
     return (
         f"{PREFIX}session:{session_id}",
         f"{PREFIX}revoked:{session_id}",
@@ -99,7 +99,8 @@ class RedisSessionCache:
         self._revoked_ttl = max(ttl_seconds, revoked_ttl_seconds)
 
     async def lookup(self, session_id: uuid.UUID, user_id: int) -> SessionLookup:
-        entry_key, revoked_key, user_key = _keys(session_id, user_id)
+        sid = str(session_id)
+        entry_key, revoked_key, user_key = _keys(sid, user_id)
         near = self._link.near
         seq = -1
         if near is not None and near.fresh():
@@ -110,7 +111,7 @@ class RedisSessionCache:
                 version = f"{int(user_gen or 0)}.{int(epoch or 0)}"
                 if known[revoked_key] is not None:
                     return SessionLookup(None, True, version)
-                role = near.session(str(session_id), user_id, version)
+                role = near.session(sid, user_id, version)
                 if role is not None:
                     return SessionLookup(CachedSession(user_id, role), False, version)
 
@@ -130,7 +131,7 @@ class RedisSessionCache:
             if data["v"] != version or data["u"] != user_id:
                 return SessionLookup(None, False, version)
             if near is not None:
-                near.keep_session(str(session_id), user_id, data["r"], version)
+                near.keep_session(sid, user_id, data["r"], version)
             return SessionLookup(CachedSession(data["u"], data["r"]), False, version)
 
         return await self._link.call(run, SessionLookup(None, False, ""))

@@ -21,6 +21,9 @@ from app.errors import BodyTooLarge, PayloadTooLarge, problem
 from app.web.uploads import form_limit
 
 REQUEST_ID_HEADER = b"x-request-id"
+# HTTP versions whose request bodies are announced by Content-Length or Transfer-Encoding (in
+# HTTP/2 and 3 a body may come without either).
+_FRAMED_BY_HEADERS = frozenset({"1.0", "1.1"})
 MULTIPART = "multipart/form-data"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -93,7 +96,7 @@ class RequestIdMiddleware:
         finally:
             seconds = time.perf_counter() - started
             route = _route_template(scope, root_path)
-            metrics.observe_request(scope["method"], route, status, seconds)
+            _observe(scope["method"], route, status, seconds)
             if access_logger.isEnabledFor(logging.INFO):
                 access_logger.info(
                     "request",
@@ -108,6 +111,26 @@ class RequestIdMiddleware:
                     },
                 )
             request_context.reset(token)
+
+
+# The metric series of each (method, route, status) seen, so that a request does not look its
+# label values up again; bounded, since a client chooses the method.
+_SERIES: dict[tuple[str, str, int], tuple[Callable[[], None], Callable[[float], None]]] = {}
+_MAX_SERIES = 2_000
+
+
+def _observe(method: str, route: str, status: int, seconds: float) -> None:
+    key = (method, route, status)
+    series = _SERIES.get(key)
+    if series is None:
+        if len(_SERIES) >= _MAX_SERIES:
+            metrics.observe_request(method, route, status, seconds)
+            return
+        counter = metrics.HTTP_REQUESTS.labels(method, route, str(status))
+        duration = metrics.HTTP_DURATION.labels(method, route)
+        series = _SERIES[key] = (counter.inc, duration.observe)
+    series[0]()
+    series[1](seconds)
 
 
 def _incoming_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
@@ -197,8 +220,12 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared, chunked = _body_headers(scope)
+        if declared is None and not chunked and scope.get("http_version") in _FRAMED_BY_HEADERS:
+            # HTTP/1.x: a request with neither header has no body, so there is nothing to bound.
+            await self.app(scope, receive, send)
+            return
         limit, too_large = self._limit_for(scope)
-        declared = _content_length(scope)
         if declared is not None and declared > limit:
             await _answer(too_large(), scope, receive, send)
             return
@@ -267,11 +294,21 @@ def _route_path(scope: Scope) -> str:
     return path[len(root_path) :] if root_path and path.startswith(root_path) else path
 
 
-def _content_length(scope: Scope) -> int | None:
+def _body_headers(scope: Scope) -> tuple[int | None, bool]:
+    """The declared Content-Length (None if absent or not a number), and whether the body is
+    sent in chunks or its length is unknown (Transfer-Encoding, or a Content-Length that is not
+    a number): either way the bytes are counted as they arrive."""
+    length: int | None = None
+    unknown = False
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+            if value.isdigit():
+                length = int(value)
+            else:
+                unknown = True
+        elif name == b"transfer-encoding":
+            unknown = True
+    return length, unknown
 
 
 async def _answer(error: PayloadTooLarge, scope: Scope, receive: Receive, send: Send) -> None:

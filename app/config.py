@@ -88,12 +88,19 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(default=0.5, gt=0)
     # After a failure Redis is skipped for this long, then tried again.
     redis_retry_seconds: float = Field(default=1.0, ge=0)
+    # Connections per process. When all are busy a command waits for one, up to
+    # REDIS_POOL_WAIT_SECONDS: load is back-pressure, not an outage (nothing is marked down).
+    redis_max_connections: int = Field(default=64, ge=1, le=10_000)
+    redis_pool_wait_seconds: float = Field(default=2.0, gt=0)
     # A revocation (logout, ended sessions, a deactivated user) is answered only once Redis has
     # it, since other processes trust Redis; through a hang or restart it is retried this long,
     # then answered 503 `revocation_pending` (the database change stays). The answer comes
     # within this plus REDIS_TIMEOUT_SECONDS: keep the sum under clients' timeouts.
     redis_revocation_wait_seconds: float = Field(default=4.0, ge=0)
     cache_enabled: bool = True
+    # With Redis: cached answers and session checks also kept in process memory, invalidated by
+    # Redis (client-side tracking), so a cached read needs no round trip.
+    near_cache_enabled: bool = True
     cache_ttl_seconds: int = Field(default=300, ge=1)
     auth_cache_ttl_seconds: int = Field(default=60, ge=1)
 

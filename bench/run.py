@@ -54,9 +54,13 @@ LOGGER_USER = 2  # index of the user the login burst logs in as
 # Targets from the issue: ratios to hello-world at the base concurrency.
 TARGETS = {
     ("read", "cached"): 0.50,
+    ("list", "cached"): 0.40,
     ("read", "uncached"): 0.30,
     ("list", "uncached"): 0.12,
+    ("health", "-"): 0.80,
 }
+# The cached read at the high and the top concurrency, as a share of its rate at the base one.
+LOAD_SHARE_TARGET = 0.80
 BURST_P99_TARGET = 2.0
 
 
@@ -486,6 +490,9 @@ class Row:
     ratio: float | None = None
     target: str = ""
     met: bool | None = None
+    # For the load rows: the rate as a share of the same scenario at the base concurrency.
+    share_of: Measurement | None = None
+    share: float | None = None
 
 
 @dataclass
@@ -503,9 +510,16 @@ class Report:
     def judge(self) -> None:
         for row in self.rows:
             m = row.measurement
-            if row.kind in ("read", "list"):
+            if row.kind in ("read", "list", "health"):
                 row.ratio = m.rps / self.hello_rps
-            if row.min_ratio is not None and row.ratio is not None:
+            if row.share_of is not None and row.kind == "reference":
+                row.share = m.rps / row.share_of.rps
+                row.target = "(the stack's own)"
+            elif row.share_of is not None:
+                row.share = m.rps / row.share_of.rps
+                row.target = f">= {LOAD_SHARE_TARGET:.0%} of {row.share_of.connections}, 0 errors"
+                row.met = row.share >= LOAD_SHARE_TARGET and m.error_count == 0
+            elif row.min_ratio is not None and row.ratio is not None:
                 row.target = f">= {row.min_ratio:.0%}"
                 row.met = row.ratio >= row.min_ratio and m.error_count == 0
             elif row.no_errors:
@@ -530,12 +544,38 @@ class Report:
         mean = f"{self.hello_rps:,.0f}"
         lines.append(("hello-world (mean)", "", mean, "", "", "", "", "", ""))
         for row in self.rows:
-            ratio = f"{row.ratio:.0%}" if row.ratio is not None else ""
+            ratio = f"{row.ratio:.1%}" if row.ratio is not None else ""
             result = "" if row.met is None else ("met" if row.met else "SHORT")
             lines.append(
                 _cells(row.measurement.scenario, row.measurement, ratio, row.target, result)
             )
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        out = []
+        for i, line in enumerate(lines):
+            out.append(
+                "  ".join(
+                    cell.ljust(w) if col == 0 else cell.rjust(w)
+                    for col, (cell, w) in enumerate(zip(line, widths, strict=True))
+                )
+            )
+            if i == 0:
+                out.append("  ".join("-" * w for w in widths))
+        return "\n".join(out)
+
+    def ratios(self) -> str:
+        """The issue's table: each read as a share of hello-world (or, for the load rows, of
+        its own rate at the base concurrency), with the target."""
+        lines = [("read", "ratio", "target", "result")]
+        for row in self.rows:
+            if row.share is not None:
+                value = f"{row.share:.3f} of {row.share_of.connections if row.share_of else ''}"
+            elif row.min_ratio is not None and row.ratio is not None:
+                value = f"{row.ratio:.3f}"
+            else:
+                continue
+            result = "" if row.met is None else ("met" if row.met else "SHORT")
+            lines.append((row.measurement.scenario, value, row.target, result))
+        widths = [max(len(line[i]) for line in lines) for i in range(4)]
         out = []
         for i, line in enumerate(lines):
             out.append(
@@ -563,6 +603,7 @@ class Report:
                     "kind": r.kind,
                     "cache": r.cache,
                     "ratio_to_hello": r.ratio,
+                    "share_of_base_connections": r.share,
                     "target": r.target,
                     "met": r.met,
                 }
@@ -604,6 +645,10 @@ class Options:
     admin_url: str
     redis_server: str
     output: Path
+    top_connections: int = 1024
+    walk: int = 100
+    near_off: bool = False
+    database_prefix: str = "inkwell_bench_"
 
 
 def parse_options(argv: list[str] | None = None) -> Options:
@@ -614,6 +659,18 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--high-connections", type=int, default=256, help="the overload pass")
+    parser.add_argument(
+        "--top-connections", type=int, default=1024, help="the cached read's last pass"
+    )
+    parser.add_argument("--walk", type=int, default=100, help="post ids the reads walk")
+    parser.add_argument(
+        "--near-off", action="store_true", help="also the cached read with NEAR_CACHE_ENABLED=false"
+    )
+    parser.add_argument(
+        "--database-prefix",
+        default=os.environ.get("BENCH_DATABASE_PREFIX", "inkwell_bench_"),
+        help="the scratch database's name is this plus random hex",
+    )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--login-connections", type=int, default=8)
     parser.add_argument("--posts", type=int, default=1000)
@@ -627,6 +684,10 @@ def parse_options(argv: list[str] | None = None) -> Options:
         warmup=min(3.0, seconds),
         connections=args.connections,
         high_connections=args.high_connections,
+        top_connections=args.top_connections,
+        walk=args.walk,
+        near_off=args.near_off,
+        database_prefix=args.database_prefix,
         threads=args.threads,
         login_connections=args.login_connections,
         login_seconds=min(5.0, seconds),
@@ -647,16 +708,21 @@ class Bench:
     options: Options
     workdir: Path
     processes: Processes = field(default_factory=Processes)
-    database: str = field(default_factory=lambda: f"inkwell_bench_{secrets.token_hex(4)}")
+    database: str = ""
     database_created: bool = False
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(48))
+
+    def __post_init__(self) -> None:
+        if not self.database:
+            self.database = f"{self.options.database_prefix}{secrets.token_hex(4)}"
 
     @property
     def db_url(self) -> str:
         return database_url(self.options.admin_url, self.database)
 
-    def api_env(self, redis_port: int, cache: bool) -> dict[str, str]:
+    def api_env(self, redis_port: int, cache: bool, near: bool = True) -> dict[str, str]:
         return {
+            "NEAR_CACHE_ENABLED": "true" if near else "false",
             "DATABASE_URL": self.db_url,
             "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
             "DATA_DIR": str(self.workdir / "data"),
@@ -668,10 +734,12 @@ class Bench:
             "PYTHONUNBUFFERED": "1",
         }
 
-    def start_api(self, redis_port: int, cache: bool) -> tuple[subprocess.Popen[bytes], str]:
+    def start_api(
+        self, redis_port: int, cache: bool, near: bool = True
+    ) -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
-        log = self.workdir / f"api-cache-{'on' if cache else 'off'}.log"
-        env = {**os.environ, **self.api_env(redis_port, cache)}
+        log = self.workdir / f"api-cache-{'on' if cache else 'off'}{'' if near else '-far'}.log"
+        env = {**os.environ, **self.api_env(redis_port, cache, near)}
         args = [PYTHON, "-m", "app", "run", "--port", str(port), "--workers", "1"]
         proc = self.processes.start(args, log, env)
         base = f"http://127.0.0.1:{port}"
@@ -751,7 +819,37 @@ class Bench:
         measure_hello()
         for cache in (True, False):
             self.run_api(report, wrk, seeded, redis_port, cache)
+        if o.near_off:
+            self.run_far(report, wrk, seeded, redis_port)
         measure_hello()
+        # The bare stack under the same load: what the load rows' shares compare with.
+        for conns in (o.high_connections, o.top_connections):
+            say(f"  hello-world at {conns} connections")
+            m = wrk.run(f"hello-world at {conns}", hello_url, conns, o.seconds)
+            report.rows.append(Row(m, "reference", "-", share_of=report.hello[-1]))
+
+    def run_far(self, report: Report, wrk: Wrk, seeded: Seeded, redis_port: int) -> None:
+        """The cached read with the near cache off: a Redis round trip per hit."""
+        o = self.options
+        say("API with the response cache on, the near cache off")
+        api, base = self.start_api(redis_port, True, near=False)
+        try:
+            token = post_json(
+                f"{base}/api/token",
+                {"username": seeded.usernames[READER], "password": seeded.passwords[READER]},
+            )["access_token"]
+            walk = min(o.walk, seeded.posts)
+            script = LUA_READ_BY_ID.format(token=token, first_id=seeded.first_post_id, count=walk)
+            url = f"{base}/api/posts/{seeded.first_post_id}"
+            warm_posts(base, token, seeded.first_post_id, walk)
+            wrk.run("warm-up", url, o.connections, o.warmup, script)
+            name = "read cached, near cache off"
+            say(f"  {name} at {o.connections} connections")
+            report.rows.append(
+                Row(wrk.run(name, url, o.connections, o.seconds, script), "read", "far")
+            )
+        finally:
+            self.processes.stop(api)
 
     def run_api(
         self, report: Report, wrk: Wrk, seeded: Seeded, redis_port: int, cache: bool
@@ -765,8 +863,9 @@ class Bench:
                 f"{base}/api/token",
                 {"username": seeded.usernames[READER], "password": seeded.passwords[READER]},
             )["access_token"]
+            walk = min(o.walk, seeded.posts)
             read_script = LUA_READ_BY_ID.format(
-                token=token, first_id=seeded.first_post_id, count=seeded.posts
+                token=token, first_id=seeded.first_post_id, count=walk
             )
             list_script = LUA_AUTH.format(token=token)
             read_url, list_url = (
@@ -777,16 +876,22 @@ class Bench:
             # Warm the pool and the caches; with the cache on, every post's entry, so that the
             # cached reads (which walk all the ids) measure hits only.
             if cache:
-                say(f"  warming the cache: {seeded.posts} posts")
-                warm_posts(base, token, seeded.first_post_id, seeded.posts)
+                say(f"  warming the cache: {walk} posts")
+                warm_posts(base, token, seeded.first_post_id, walk)
             wrk.run("warm-up", read_url, o.connections, o.warmup, read_script)
             wrk.run("warm-up", list_url, o.connections, o.warmup, list_script)
 
-            for conns in (o.connections, o.high_connections):
+            base_rates: dict[str, Measurement] = {}
+            passes = [o.connections, o.high_connections]
+            if cache:
+                passes.append(o.top_connections)
+            for conns in passes:
                 for kind, url, script in (
                     ("read", read_url, read_script),
                     ("list", list_url, list_script),
                 ):
+                    if conns == o.top_connections and kind == "list":
+                        continue
                     name = f"{kind} {label}" + (
                         " GET /api/posts/{id}" if kind == "read" else " GET /api/posts?limit=20"
                     )
@@ -794,7 +899,18 @@ class Bench:
                     m = wrk.run(name, url, conns, o.seconds, script)
                     base_pass = conns == o.connections
                     goal = TARGETS.get((kind, label)) if base_pass else None
-                    report.rows.append(Row(m, kind, label, goal, no_errors=not base_pass))
+                    row = Row(m, kind, label, goal, no_errors=not base_pass)
+                    if base_pass:
+                        base_rates[kind] = m
+                    elif cache and kind == "read":
+                        row.share_of = base_rates[kind]
+                    report.rows.append(row)
+            if cache:
+                say(f"  GET /health at {o.connections} connections")
+                health_url = f"{base}/health"
+                wrk.run("warm-up", health_url, o.connections, o.warmup)
+                health = wrk.run("GET /health", health_url, o.connections, o.seconds)
+                report.rows.append(Row(health, "health", "-", TARGETS[("health", "-")]))
 
             if cache:
                 self.login_burst(report, wrk, seeded, base, read_url, read_script)
@@ -891,6 +1007,8 @@ def environment(options: Options) -> dict[str, Any]:
         "wrk_threads": options.threads,
         "connections": options.connections,
         "high_connections": options.high_connections,
+        "top_connections": options.top_connections,
+        "walk": options.walk,
         "posts": options.posts,
     }
 
@@ -911,6 +1029,9 @@ def print_report(report: Report, options: Options) -> None:
     )
     print()
     print(report.table())
+    print()
+    print("Ratios (to hello-world; the load rows to the same read at the base connections):")
+    print(report.ratios())
     print()
     print(f"Logins ({login.get('argon2', '?')}), {login.get('connections')} connections:")
     if "logins_per_s_alone" in login:

@@ -124,15 +124,19 @@ async def test_a_write_missed_while_a_request_reconnects_is_still_made_up(
     scripted: tuple[RedisLink, ScriptedRedis],
 ) -> None:
     link, fake = scripted
-    # An outage, found by a read: Redis is skipped for RETRY_S, the epoch owes a bump.
-    assert await link.call(timing_out(fake, "read failed"), "fallback") == "fallback"
-    await asyncio.sleep(RETRY_S * 2)
+    # An outage, found by a write it made miss: Redis is skipped for RETRY_S, the epoch owes a
+    # bump (a failed read alone would owe none: it outdates nothing). The background probe's
+    # bump is held on its way.
+    probing = asyncio.Event()
+    fake.hold_next_incr = probing
+    assert await link.call(timing_out(fake, "write missed"), None, write=True) is None
+    await until(lambda: fake.events.count("incr sent") == 1, "the probe's bump")
 
-    # A request reconnects: its epoch bump is on its way when...
+    # A request reconnects: its own epoch bump is on its way when...
     reconnected = asyncio.Event()
     fake.hold_next_incr = reconnected
     reconnecting = asyncio.create_task(link.call(answering, "fallback"))
-    await until(lambda: fake.events.count("incr sent") == 1, "the reconnecting bump")
+    await until(lambda: fake.events.count("incr sent") == 2, "the reconnecting bump")
     # ... another request's revocation write fails (Redis hangs again), while the first one's
     # bump is answered: both finish in the same turn of the event loop.
     revoking = link.call(
@@ -140,6 +144,7 @@ async def test_a_write_missed_while_a_request_reconnects_is_still_made_up(
     )
     assert await revoking is None
     assert await reconnecting == "ok"
+    probing.set()
 
     # The bump that answered was sent before the revocation was missed: it does not cover it.
     await made_up(fake, "revocation missed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,11 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "asctime",
     "color_message",  # uvicorn's copy of the message with terminal colours
 }
+
+
+# A value written bare in a key=value line: no spaces, quotes or `=` (one regex, not a check
+# per character: every access-log line goes through here).
+_BARE = re.compile(r'[^\s"=]+')
 
 
 class _RequestContextFilter(logging.Filter):
@@ -66,7 +72,7 @@ def _value(value: Any) -> str:
     """A bare value when it has no spaces, quotes or `=`, else a JSON string: lines stay
     parseable as key=value."""
     text = str(value)
-    if text and not any(c in '"=' or c.isspace() or not c.isprintable() for c in text):
+    if text.isprintable() and _BARE.fullmatch(text):
         return text
     return json.dumps(text)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from app.config import Settings
 from app.stores.cache import Cache, MemoryCache, NoCache, RedisCache
 from app.stores.link import RedisLink
+from app.stores.near import NearCache
 from app.stores.rate_limit import RateLimiter
 from app.stores.sessions import NoSessionCache, RedisSessionCache, SessionCache
 
@@ -25,6 +26,16 @@ class Stores:
     @classmethod
     def from_settings(cls, settings: Settings) -> Stores:
         link = RedisLink(settings) if settings.redis_url else None
+        if link is not None and settings.redis_url and settings.near_cache_enabled:
+            near = NearCache(
+                settings.redis_url,
+                link,
+                timeout_seconds=settings.redis_timeout_seconds,
+                entry_ttl_seconds=settings.cache_ttl_seconds,
+                session_ttl_seconds=settings.auth_cache_ttl_seconds,
+                retry_seconds=settings.redis_retry_seconds,
+            )
+            link.near = near if near.supported else None
         cache: Cache
         sessions: SessionCache
         if link is None:

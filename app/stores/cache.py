@@ -217,28 +217,50 @@ class RedisCache:
 
     async def read(self, slot: Slot) -> Lookup:
         keys = [PREFIX + g for g in slot.generations]
+        near = self._link.near
+        seq = -1
+        if near is not None and near.fresh():
+            seq = near.seq
+            version = near.version(keys)
+            if version is not None:
+                value = near.entry(slot.name, version)
+                if value is not None:
+                    return Lookup(slot, version, value)
 
         async def run(_: Redis) -> Lookup:
             version, value = await self._read(keys=keys, args=[PREFIX + slot.name])
             return Lookup(slot, version.decode(), value)
 
         # On an outage the lookup has no version: `write` then stores nothing.
-        return await self._link.call(run, Lookup(slot, "", None))
+        lookup = await self._link.call(run, Lookup(slot, "", None))
+        if near is not None and lookup.version and near.fresh_since(seq):
+            near.learn(zip(keys, (g.encode() for g in lookup.version.split(".")), strict=True))
+            if lookup.value is not None:
+                near.keep_entry(slot.name, lookup.version, lookup.value)
+        return lookup
 
     async def write(self, lookup: Lookup, value: bytes) -> None:
         if not lookup.version:
             return
         key = f"{PREFIX}{lookup.slot.name}:{lookup.version}"
         await self._link.call(lambda r: r.set(key, value, ex=self._ttl), None)
+        if self._link.near is not None:
+            self._link.near.keep_entry(lookup.slot.name, lookup.version, value)
 
     async def bump(self, *generations: str) -> None:
+        keys = [PREFIX + generation for generation in generations]
+
         async def run(redis: Redis) -> None:
             async with redis.pipeline(transaction=False) as pipe:
-                for generation in generations:
-                    pipe.incr(PREFIX + generation)
+                for key in keys:
+                    pipe.incr(key)
                 await pipe.execute()
 
-        await self._link.call(run, None, write=True)
+        try:
+            await self._link.call(run, None, write=True)
+        finally:
+            if self._link.near is not None:
+                self._link.near.forget(keys)
 
     async def clear(self) -> None:
         await self.bump(EPOCH)

@@ -24,7 +24,7 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from redis.asyncio import Redis
 
@@ -82,7 +82,7 @@ class NoSessionCache:
         return None
 
 
-def _keys(session_id: uuid.UUID, user_id: int) -> tuple[str, str, str]:
+def _keys(session_id: uuid.UUID | str, user_id: int) -> tuple[str, str, str]:
     return (
         f"{PREFIX}session:{session_id}",
         f"{PREFIX}revoked:{session_id}",
@@ -99,12 +99,29 @@ class RedisSessionCache:
         self._revoked_ttl = max(ttl_seconds, revoked_ttl_seconds)
 
     async def lookup(self, session_id: uuid.UUID, user_id: int) -> SessionLookup:
-        entry_key, revoked_key, user_key = _keys(session_id, user_id)
+        sid = str(session_id)
+        entry_key, revoked_key, user_key = _keys(sid, user_id)
+        near = self._link.near
+        seq = -1
+        if near is not None and near.fresh():
+            seq = near.seq
+            known = near.keys
+            if revoked_key in known and user_key in known and EPOCH_KEY in known:
+                user_gen, epoch = known[user_key], known[EPOCH_KEY]
+                version = f"{int(user_gen or 0)}.{int(epoch or 0)}"
+                if known[revoked_key] is not None:
+                    return SessionLookup(None, True, version)
+                role = near.session(sid, user_id, version)
+                if role is not None:
+                    return SessionLookup(CachedSession(user_id, role), False, version)
 
         async def run(redis: Redis) -> SessionLookup:
-            entry, revoked, user_gen, epoch = await redis.mget(
-                entry_key, revoked_key, user_key, EPOCH_KEY
+            values = cast(
+                "list[bytes | None]", await redis.mget(entry_key, revoked_key, user_key, EPOCH_KEY)
             )
+            entry, revoked, user_gen, epoch = values
+            if near is not None and near.fresh_since(seq):
+                near.learn(zip((revoked_key, user_key, EPOCH_KEY), values[1:], strict=True))
             version = f"{int(user_gen or 0)}.{int(epoch or 0)}"
             if revoked is not None:
                 return SessionLookup(None, True, version)
@@ -113,6 +130,8 @@ class RedisSessionCache:
             data = json.loads(entry)
             if data["v"] != version or data["u"] != user_id:
                 return SessionLookup(None, False, version)
+            if near is not None:
+                near.keep_session(sid, user_id, data["r"], version)
             return SessionLookup(CachedSession(data["u"], data["r"]), False, version)
 
         return await self._link.call(run, SessionLookup(None, False, ""))
@@ -126,6 +145,12 @@ class RedisSessionCache:
         value = json.dumps({"u": cached.user_id, "r": cached.role, "v": lookup.version})
         # A revocation racing with this write is caught by its marker, which lookup reads too.
         await self._link.call(lambda r: r.set(entry_key, value, ex=self._ttl), None)
+        if self._link.near is not None:
+            # Used only while the user's generation and the epoch are still `lookup.version`
+            # and the marker is known absent: a racing revocation's marker is tracked too.
+            self._link.near.keep_session(
+                str(session_id), cached.user_id, cached.role, lookup.version
+            )
 
     async def revoke(self, session_ids: Iterable[uuid.UUID]) -> None:
         ids = list(session_ids)
@@ -139,7 +164,13 @@ class RedisSessionCache:
                     pipe.delete(f"{PREFIX}session:{session_id}")
                 await pipe.execute()
 
-        await self._required(run)
+        try:
+            await self._required(run)
+        finally:
+            if (near := self._link.near) is not None:
+                near.forget(f"{PREFIX}revoked:{session_id}" for session_id in ids)
+                for session_id in ids:
+                    near.forget_session(str(session_id))
 
     async def user_changed(self, user_id: int) -> None:
         key = f"{PREFIX}gen:user:{user_id}"
@@ -147,7 +178,11 @@ class RedisSessionCache:
         async def run(redis: Redis) -> None:
             await redis.incr(key)
 
-        await self._required(run)
+        try:
+            await self._required(run)
+        finally:
+            if self._link.near is not None:
+                self._link.near.forget((key,))
 
     async def _required(self, operation: Callable[[Redis], Awaitable[None]]) -> None:
         try:

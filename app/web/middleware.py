@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -23,6 +23,9 @@ from app.web.problems import problem
 from app.web.uploads import form_limit
 
 REQUEST_ID_HEADER = b"x-request-id"  # the HTTP header a request id comes and goes in
+# HTTP versions whose request bodies are announced by Content-Length or Transfer-Encoding (in
+# HTTP/2 and 3 a body may come without either).
+_FRAMED_BY_HEADERS = frozenset({"1.0", "1.1"})
 MULTIPART = "multipart/form-data"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -34,8 +37,7 @@ class RequestIdMiddleware(HttpMiddleware):
     counts it in the metrics by its route template."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"").decode("latin-1")
-        request_id = incoming if _VALID_REQUEST_ID.match(incoming) else os.urandom(16).hex()
+        request_id = _incoming_request_id(scope["headers"]) or os.urandom(16).hex()
         context = RequestContext(request_id)
         root_path = scope.get("root_path", "")
         token = request_context.set(context)
@@ -48,8 +50,9 @@ class RequestIdMiddleware(HttpMiddleware):
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
+                # A new list: a response's own header list may be sent again.
                 message["headers"] = [
-                    *message.get("headers", []),
+                    *message.get("headers", ()),
                     (REQUEST_ID_HEADER, request_id.encode("latin-1")),
                 ]
             await send(message)
@@ -65,20 +68,50 @@ class RequestIdMiddleware(HttpMiddleware):
         finally:
             seconds = time.perf_counter() - started
             route = _route_template(scope, root_path)
-            metrics.observe_request(scope["method"], route, status, seconds)
-            access_logger.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "route": route,
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 2),
-                    "user_id": context.user_id,
-                    "client": (scope.get("client") or ("-",))[0],
-                },
-            )
+            _observe(scope["method"], route, status, seconds)
+            if access_logger.isEnabledFor(logging.INFO):
+                access_logger.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "route": route,
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 2),
+                        "user_id": context.user_id,
+                        "client": (scope.get("client") or ("-",))[0],
+                    },
+                )
             request_context.reset(token)
+
+
+# The metric series of each (method, route, status) seen, so that a request does not look its
+# label values up again; bounded, since a client chooses the method.
+_SERIES: dict[tuple[str, str, int], tuple[Callable[[], None], Callable[[float], None]]] = {}
+_MAX_SERIES = 2_000
+
+
+def _observe(method: str, route: str, status: int, seconds: float) -> None:
+    key = (method, route, status)
+    series = _SERIES.get(key)
+    if series is None:
+        if len(_SERIES) >= _MAX_SERIES:
+            metrics.observe_request(method, route, status, seconds)
+            return
+        counter = metrics.HTTP_REQUESTS.labels(method, route, str(status))
+        duration = metrics.HTTP_DURATION.labels(method, route)
+        series = _SERIES[key] = (counter.inc, duration.observe)
+    series[0]()
+    series[1](seconds)
+
+
+def _incoming_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The client's `X-Request-ID`, if it is a valid one (found without copying the headers)."""
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER:
+            incoming = value.decode("latin-1")
+            return incoming if _VALID_REQUEST_ID.match(incoming) else None
+    return None
 
 
 def _route_template(scope: Scope, root_path: str) -> str:
@@ -105,10 +138,10 @@ class SecurityHeadersMiddleware(HttpMiddleware):
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                headers += [(name, value) for name, value in self.HEADERS if name not in present]
-                message["headers"] = headers
+                headers = message["headers"] = list(message.get("headers", ()))
+                for name, value in self.HEADERS:
+                    if not any(present.lower() == name for present, _ in headers):
+                        headers.append((name, value))
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -152,8 +185,12 @@ class BodyLimitMiddleware(HttpMiddleware):
         )
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared, chunked = _body_headers(scope)
+        if declared is None and not chunked and scope.get("http_version") in _FRAMED_BY_HEADERS:
+            # HTTP/1.x: a request with neither header has no body, so there is nothing to bound.
+            await self.app(scope, receive, send)
+            return
         limit, too_large = self._limit_for(scope)
-        declared = _content_length(scope)
         if declared is not None and declared > limit:
             await _answer(too_large(), scope, receive, send)
             return
@@ -222,11 +259,21 @@ def _route_path(scope: Scope) -> str:
     return path[len(root_path) :] if root_path and path.startswith(root_path) else path
 
 
-def _content_length(scope: Scope) -> int | None:
+def _body_headers(scope: Scope) -> tuple[int | None, bool]:
+    """The declared Content-Length (None if absent or not a number), and whether the body is
+    sent in chunks or its length is unknown (Transfer-Encoding, or a Content-Length that is not
+    a number): either way the bytes are counted as they arrive."""
+    length: int | None = None
+    unknown = False
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+            if value.isdigit():
+                length = int(value)
+            else:
+                unknown = True
+        elif name == b"transfer-encoding":
+            unknown = True
+    return length, unknown
 
 
 async def _answer(error: PayloadTooLarge, scope: Scope, receive: Receive, send: Send) -> None:

@@ -481,3 +481,45 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
     # Added first, so innermost: CORS and the body limits see its 503 like any other answer.
     app.add_middleware(DatabaseErrorMiddleware)
+
+
+# --- social: profiles, follows, comments, cursors ---------------------------------------------
+class InvalidCursor(AppError):
+    status = 422
+    code = "invalid_cursor"
+    title = "Invalid cursor"
+    detail = "The cursor is not one this list gave out: start again without it."
+
+
+class ProfileNotFound(NotFound):
+    code = "profile_not_found"
+    detail = "No such profile."
+
+
+class CannotFollowYourself(AppError):
+    status = 422
+    code = "cannot_follow_yourself"
+    title = "Cannot follow yourself"
+    detail = "You cannot follow yourself."
+
+
+class CommentNotFound(NotFound):
+    code = "comment_not_found"
+    detail = "No such comment."
+
+
+class NotCommentAuthor(Forbidden):
+    code = "not_comment_author"
+    detail = "Only the comment's author may change it."
+
+
+class CannotDeleteComment(Forbidden):
+    code = "cannot_delete_comment"
+    detail = "Only the comment's author, the post's author or an administrator may delete it."
+
+
+class InvalidParentComment(AppError):
+    status = 422
+    code = "invalid_parent_comment"
+    title = "Invalid parent comment"
+    detail = "parent_id must name a comment of the same post."

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 from app.conduit import mount_conduit
 from app.config import Settings, get_settings
 from app.core import password_policy
+from app.core.cursors import Cursors
 from app.core.logging import configure_logging
 from app.core.mail import build_mailer
 from app.core.media import LocalMedia
@@ -25,12 +26,15 @@ from app.database.session import (
 )
 from app.errors import AppError, install_error_handlers
 from app.routes import (
+    comments,
+    feed,
     health,
     images,
     media,
     pages,
     password_reset,
     posts,
+    profiles,
     tags,
     tasks,
     tokens,
@@ -64,6 +68,9 @@ TAGS = [
     {"name": "posts", "description": "Posts with tags and likes; drafts stay private."},
     {"name": "images", "description": "Post images, processed into variants in the background."},
     {"name": "tasks", "description": "Background tasks you queued."},
+    {"name": "profiles", "description": "Public profiles; follow and unfollow."},
+    {"name": "comments", "description": "Comments and replies on posts."},
+    {"name": "feed", "description": "The posts of the people you follow."},
     {"name": "operations", "description": "Health checks for orchestrators."},
 ]
 
@@ -95,6 +102,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.security,
         app.state.read_session_factory,
         outbox=outbox,
+        cursors=Cursors.from_settings(settings),
     )
     await _requeue_pending_images(jobs, runner)
     outbox.start()
@@ -180,7 +188,8 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     if settings.docs_enabled:
         install_docs(app)
 
-    for module in (tokens, users, password_reset, posts, images, tags, tasks, health, pages):
+    routers = (tokens, users, password_reset, posts, images, tags, tasks, health, pages)
+    for module in (*routers, profiles, comments, feed):
         app.include_router(module.router)
     settings.media_path.mkdir(parents=True, exist_ok=True)
     app.include_router(media.build_router(settings.media_url))

@@ -28,6 +28,7 @@ USER_OUT_KEYS = {
     "role",
     "is_active",
     "is_verified",
+    "image",
     "created_at",
 }
 

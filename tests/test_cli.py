@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.cli.seed import SEED_EMAIL_DOMAIN
 from app.config import Settings
-from app.models import Post, User
+from app.models import Comment, Follow, Post, User
 from app.models.post import post_tag
 from app.schemas.user import PasswordResetRequest
 from tests.conftest import ROOT, settings_env
@@ -184,6 +184,37 @@ async def test_seed_adds_users_and_posts_that_work_through_the_api(
     post = next(iter(new_posts))
     read = await client.get(f"/api/posts/{post}", headers=headers)
     assert read.status_code in (200, 404)  # 404: someone else's draft
+
+
+async def test_seed_fills_follows_and_comments_for_a_living_feed(
+    client: httpx.AsyncClient, db: AsyncSession, settings: Settings
+) -> None:
+    output = succeeded(await cli(settings, "seed", "--users", "8", "--posts", "80", "--seed", "3"))
+    assert re.search(r"with \d+ follows and \d+ comments", output), output
+    follows = await db.scalar(select(func.count()).select_from(Follow)) or 0
+    stored = await db.scalar(
+        select(func.count()).select_from(Comment).where(Comment.deleted.is_(False))
+    )
+    counted = await db.scalar(select(func.sum(Post.comments_count)))
+    assert stored == counted, "every post's counter says how many comments it has"
+    assert follows > 0
+    assert stored
+    slugs = await db.scalar(select(func.count(func.distinct(Post.slug))))
+    assert slugs == await db.scalar(select(func.count()).select_from(Post))
+    # A seeded reader who follows someone sees a feed, and a post's comments list.
+    reader = await db.scalar(
+        select(User.username).join(Follow, Follow.follower_id == User.id).limit(1)
+    )
+    await db.rollback()
+    assert reader is not None
+    tokens = await login(client, reader, DEFAULT_SEED_PASSWORD)
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    feed = await client.get("/api/feed", params={"limit": 100}, headers=headers)
+    assert feed.status_code == 200, feed.text
+    commented = await db.scalar(select(Post.id).where(Post.comments_count > 0).limit(1))
+    listing = await client.get(f"/api/posts/{commented}/comments", params={"limit": 100})
+    assert listing.status_code == 200, listing.text
+    assert listing.json()["items"]
 
 
 async def test_seed_with_a_password_option(

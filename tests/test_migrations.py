@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from app.config import Settings
 from app.database.session import create_engine
@@ -24,7 +24,7 @@ from tests.conftest import (
 )
 
 INITIAL_TABLES = {"user", "auth_session", "post", "tag", "post_tag", "post_like"}
-EXPECTED_TABLES = INITIAL_TABLES | {"image", "task", "email_token", "outbox"}
+EXPECTED_TABLES = INITIAL_TABLES | {"image", "task", "email_token", "outbox", "follow", "comment"}
 
 
 @pytest.fixture
@@ -60,6 +60,9 @@ async def test_upgrade_downgrade_upgrade_round_trip(scratch: Settings) -> None:
 
     await asyncio.to_thread(command.upgrade, config, "head")
     await asyncio.to_thread(command.downgrade, config, "-1")
+    assert {"follow", "comment"}.isdisjoint(await _tables(scratch))
+    assert "image" not in await _user_columns(scratch)
+    await asyncio.to_thread(command.downgrade, config, "-1")
     assert "outbox" not in await _tables(scratch)
     await asyncio.to_thread(command.downgrade, config, "-1")
     assert "pending_email" not in await _user_columns(scratch)
@@ -71,6 +74,39 @@ async def test_upgrade_downgrade_upgrade_round_trip(scratch: Settings) -> None:
     assert await _tables(scratch) == EXPECTED_TABLES
     assert "ix_task_name_state" in await _task_indexes(scratch)
     assert "pending_email" in await _user_columns(scratch)
+    assert "image" in await _user_columns(scratch)
+
+
+async def test_existing_posts_get_unique_slugs(scratch: Settings) -> None:
+    """0006 derives a slug for every post already there, with a suffix when titles collide."""
+    config = alembic_config(scratch)
+    await asyncio.to_thread(command.upgrade, config, "0005_outbox")
+    engine = create_engine(scratch)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    'INSERT INTO "user" (id, email, username, password_hash, full_name, bio,'
+                    " role, is_active, is_verified, created_at, updated_at) VALUES (1,"
+                    " 'a@example.com', 'alice', 'x', '', '', 'user', true, true,"
+                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            )
+            for title in ("Hello, World!", "hello world", "Ünïcödé title", "!!!"):
+                await conn.execute(
+                    text(
+                        "INSERT INTO post (author_id, title, content, published, likes,"
+                        " created_at, updated_at) VALUES (1, :title, 'c', true, 0,"
+                        " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                    ),
+                    {"title": title},
+                )
+        await asyncio.to_thread(command.upgrade, config, "head")
+        async with engine.connect() as conn:
+            slugs = list(await conn.scalars(text("SELECT slug FROM post ORDER BY id")))
+    finally:
+        await engine.dispose()
+    assert slugs == ["hello-world", "hello-world-2", "unicode-title", "post"]
 
 
 async def _user_columns(settings: Settings) -> set[str]:

@@ -183,7 +183,8 @@ def seed(
     ] = "inkwell-seed-password",  # noqa: S107 - fake accounts, named in the output
     random_seed: Annotated[int | None, typer.Option("--seed", help="Repeatable data")] = None,
 ) -> None:
-    """Add realistic fake users and posts (Markdown, tags, drafts), with a progress bar."""
+    """Add realistic fake users and posts (Markdown, tags, drafts), the new users following
+    each other, and comments with replies on published posts, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from app.cli import seed as seeding
@@ -227,6 +228,7 @@ def seed(
     except ValueError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
+    typer.echo(f"with {result.follows} follows and {result.comments} comments")
     typer.echo(
         f"added {result.users} users and {result.posts} posts; "
         f"seeded accounts log in with the password {result.password!r}"

@@ -19,7 +19,8 @@ from faker import Faker
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.models import Post, Tag, User
+from app.core.slugs import slug_base
+from app.models import Comment, Follow, Post, Tag, User
 from app.models.post import post_tag
 from app.services.security import Security
 
@@ -78,12 +79,21 @@ _NOT_USERNAME = re.compile(r"[^a-z0-9_]")
 Progress = Callable[[int], None]
 
 
+# Each new account follows a few others; each published post gets a few comments, some of
+# them replies: a fresh seed shows living feeds and threads.
+MAX_FOLLOWS_PER_USER = 12
+MAX_COMMENTS_PER_POST = 6
+REPLY_SHARE = 0.4
+
+
 @dataclass(frozen=True)
 class SeedResult:
     users: int
     posts: int
     tags: int
     password: str
+    follows: int = 0
+    comments: int = 0
 
 
 class _TextPool:
@@ -98,6 +108,12 @@ class _TextPool:
 
     def title(self) -> str:
         return self._rng.choice(self.titles)[:200]
+
+    def summary(self) -> str:
+        return self._rng.choice(self.headings)[:300]
+
+    def comment(self) -> str:
+        return self._rng.choice(self.paragraphs)[: self._rng.randint(40, 400)]
 
     def content(self) -> str:
         """A short Markdown article: a heading, a few paragraphs, sometimes a list."""
@@ -129,16 +145,47 @@ async def seed(
     password_hash = await security.passwords.hash(password)  # off the loop, once
     now = datetime.now(UTC)
 
-    author_ids = await _insert_users(engine, faker, rng, users, password_hash, now, on_users)
+    new_ids = await _insert_users(engine, faker, rng, users, password_hash, now, on_users)
+    author_ids = new_ids
     if posts and not author_ids:
         author_ids = await _existing_seed_users(engine)
         if not author_ids:
             raise ValueError("posts need authors: pass --users, or seed some users first")
+    follows = await _insert_follows(engine, rng, new_ids, now)
     tag_ids = await _ensure_tags(engine) if posts else []
-    await _insert_posts(
+    comments = await _insert_posts(
         engine, _TextPool(faker, rng), rng, posts, author_ids, tag_ids, now, on_posts
     )
-    return SeedResult(users=users, posts=posts, tags=len(tag_ids), password=password)
+    return SeedResult(
+        users=users,
+        posts=posts,
+        tags=len(tag_ids),
+        password=password,
+        follows=follows,
+        comments=comments,
+    )
+
+
+async def _insert_follows(
+    engine: AsyncEngine, rng: random.Random, user_ids: Sequence[int], now: datetime
+) -> int:
+    """Each new account follows a few of the others, at some time in the last months."""
+    rows = []
+    for follower in user_ids:
+        others = rng.sample(user_ids, min(len(user_ids), rng.randint(0, MAX_FOLLOWS_PER_USER)))
+        rows += [
+            {
+                "follower_id": follower,
+                "followee_id": followee,
+                "created_at": now - timedelta(days=rng.random() * 300),
+            }
+            for followee in others
+            if followee != follower
+        ]
+    for start in range(0, len(rows), BATCH_SIZE):
+        async with engine.begin() as conn:
+            await conn.execute(insert(Follow), rows[start : start + BATCH_SIZE])
+    return len(rows)
 
 
 async def _insert_users(
@@ -203,24 +250,33 @@ async def _insert_posts(
     tag_ids: Sequence[int],
     now: datetime,
     progress: Progress | None,
-) -> None:
+) -> int:
+    """The posts, their tags and comments; returns how many comments."""
     year = timedelta(days=365).total_seconds()
+    run = secrets.token_hex(3)  # slugs unique across runs: the pool repeats its titles
+    comments = 0
     for batch in _batches(range(count)):
         rows = []
-        for _ in batch:
+        for i in batch:
             created = now - timedelta(seconds=rng.random() * year)
+            title = text.title()
+            published = rng.random() < 0.9
             rows.append(
                 {
                     "author_id": rng.choice(author_ids),
-                    "title": text.title(),
+                    "title": title,
+                    "slug": f"{slug_base(title)}-{run}{i}",
+                    "summary": text.summary() if rng.random() < 0.7 else None,
                     "content": text.content(),
-                    "published": rng.random() < 0.9,
+                    "published": published,
                     "likes": 0,
+                    "comments_count": rng.randint(0, MAX_COMMENTS_PER_POST) if published else 0,
                     "created_at": created,
                     "updated_at": min(now, created + timedelta(seconds=rng.random() * 86_400)),
                 }
             )
         post_ids = await _insert_returning_ids(engine, Post, rows)
+        comments += await _insert_comments(engine, text, rng, post_ids, rows, author_ids, now)
         links = [
             {"post_id": post_id, "tag_id": tag_id}
             for post_id in post_ids
@@ -231,10 +287,56 @@ async def _insert_posts(
                 await conn.execute(insert(post_tag), links)
         if progress:
             progress(len(rows))
+    return comments
+
+
+async def _insert_comments(
+    engine: AsyncEngine,
+    text: _TextPool,
+    rng: random.Random,
+    post_ids: Sequence[int],
+    posts: Sequence[dict[str, Any]],
+    author_ids: Sequence[int],
+    now: datetime,
+) -> int:
+    """As many comments as each post's counter says: first the top-level ones, then replies to
+    them (the ids of the first are needed for the second)."""
+    top: list[dict[str, Any]] = []
+    replies: list[tuple[int, dict[str, Any]]] = []  # (index in `top` of the parent, row)
+    for post_id, post in zip(post_ids, posts, strict=True):
+        first_index = len(top)
+        for n in range(post["comments_count"]):
+            created = min(now, post["created_at"] + timedelta(hours=rng.random() * 240))
+            row = {
+                "post_id": post_id,
+                "author_id": rng.choice(author_ids),
+                "body": text.comment(),
+                "deleted": False,
+                "created_at": created,
+                "updated_at": created,
+            }
+            if n and rng.random() < REPLY_SHARE:
+                replies.append((rng.randrange(first_index, len(top)), row))
+            else:
+                top.append(row)
+    if not top:
+        return 0
+    top_ids = await _insert_returning_ids(engine, Comment, top)
+    reply_rows = []
+    for parent, row in replies:
+        row["parent_id"] = top_ids[parent]
+        row["created_at"] = row["updated_at"] = max(row["created_at"], top[parent]["created_at"])
+        reply_rows.append(row)
+    for start in range(0, len(reply_rows), BATCH_SIZE):
+        async with engine.begin() as conn:
+            await conn.execute(insert(Comment), reply_rows[start : start + BATCH_SIZE])
+    return len(top) + len(reply_rows)
 
 
 async def _insert_returning_ids(
-    engine: AsyncEngine, model: type[User] | type[Post], rows: list[dict[str, Any]]
+    engine: AsyncEngine,
+    model: type[User] | type[Post] | type[Comment],
+    rows: list[dict[str, Any]],
 ) -> list[int]:
     async with engine.begin() as conn:
         result = await conn.execute(

@@ -21,6 +21,8 @@ from app.database.types import BigIntPK, UTCDateTime, utcnow
 from app.models.image import Image
 from app.models.user import User
 
+SLUG_MAX_LENGTH = 100
+
 post_tag = Table(
     "post_tag",
     Base.metadata,
@@ -45,16 +47,22 @@ class Post(Base):
         Index(None, "updated_at", "id"),
         Index(None, "likes", "id"),
         Index(None, "author_id", "created_at"),
+        Index(None, "slug", unique=True),
         {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     author_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("user.id", ondelete="CASCADE"))
     title: Mapped[str] = mapped_column(String(200))
+    # Derived from the title when the post is created (a suffix when taken), then kept.
+    slug: Mapped[str] = mapped_column(String(SLUG_MAX_LENGTH))
+    summary: Mapped[str | None] = mapped_column(String(300), default=None)
     content: Mapped[str] = mapped_column(Text)
     published: Mapped[bool] = mapped_column(Boolean, default=True)
     # Kept in step with post_like by the like service, so sorting by likes needs no join.
     likes: Mapped[int] = mapped_column(Integer, default=0)
+    # Comments not deleted, kept in step by the comment service like `likes`.
+    comments_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -30,6 +30,8 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     full_name: Mapped[str] = mapped_column(String(100), default="")
     bio: Mapped[str] = mapped_column(Text, default="")
+    # A picture's https URL, given by the user and never fetched by the server.
+    image: Mapped[str | None] = mapped_column(String(2048), default=None)
     role: Mapped[str] = mapped_column(String(16), default=Role.USER)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     is_verified: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response, status
+from fastapi import APIRouter, Header, Path, Response, status
 
 from app.dependencies import (
     BackendsDep,
@@ -16,7 +16,7 @@ from app.dependencies import (
     StoresDep,
     VisiblePost,
 )
-from app.schemas.common import Page, problem_responses
+from app.schemas.common import NUL_FREE_PATTERN, Page, problem_responses
 from app.schemas.post import PostCreate, PostOut, PostPatch, PostReplace
 from app.services import posts
 from app.web.http import conditional_json
@@ -59,6 +59,24 @@ async def list_posts(
 ) -> Response:
     body = await posts.list_json(backends, query, viewer)
     return Response(body, media_type="application/json")
+
+
+@router.get(
+    "/by-slug/{slug}",
+    operation_id="posts-read-by-slug",
+    summary="Read a post by its slug",
+    description="As `GET /api/posts/{post_id}`, the post found by its `slug`.",
+    response_model=PostOut,
+    responses={304: {"description": "Not modified"}, **problem_responses(401, 404, 422)},
+)
+async def read_post_by_slug(
+    slug: Annotated[str, Path(max_length=100, pattern=NUL_FREE_PATTERN)],
+    viewer: OptionalPrincipal,
+    backends: BackendsDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    body = await posts.read_json_by_slug(backends, slug, viewer)
+    return conditional_json(body, if_none_match)
 
 
 @router.get(

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
 from pydantic.json_schema import JsonSchemaValue
@@ -63,26 +63,33 @@ def forbid_nul(node: dict[str, Any]) -> None:
 
 class PatchModel(RequestModel):
     """Base of PATCH bodies: absent fields stay as they are; an explicit `null` is refused, and
-    its JSON schema says so (the fields are optional, not nullable)."""
+    its JSON schema says so (the fields are optional, not nullable) -- but for the fields named
+    in `NULLABLE`, where `null` clears the value."""
+
+    NULLABLE: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def __get_pydantic_json_schema__(
         cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
         schema = super().__get_pydantic_json_schema__(core_schema, handler)
-        for field in handler.resolve_ref_schema(schema).get("properties", {}).values():
-            branches = [b for b in field.pop("anyOf", []) if b.get("type") != "null"]
-            if len(branches) == 1:
-                field.update(branches[0])
-            elif branches:
-                field["anyOf"] = branches
+        properties = handler.resolve_ref_schema(schema).get("properties", {})
+        for name, field in properties.items():
+            if name not in cls.NULLABLE:
+                branches = [b for b in field.pop("anyOf", []) if b.get("type") != "null"]
+                if len(branches) == 1:
+                    field.update(branches[0])
+                elif branches:
+                    field["anyOf"] = branches
             if "default" in field and field["default"] is None:
                 del field["default"]
         return schema
 
     @model_validator(mode="after")
     def _no_nulls(self) -> PatchModel:
-        nulls = sorted(name for name in self.model_fields_set if getattr(self, name) is None)
+        nulls = sorted(
+            name for name in self.model_fields_set - self.NULLABLE if getattr(self, name) is None
+        )
         if nulls:
             raise ValueError(f"null is not a value for: {', '.join(nulls)}")
         return self
@@ -96,6 +103,30 @@ class Page(BaseModel, Generic[T]):
     total: int
     limit: int
     offset: int
+
+
+class CursorPage(BaseModel, Generic[T]):
+    """A page of a list read by cursor: pass `next_cursor` back as `cursor` for the next one;
+    `null` when there is no more."""
+
+    items: list[T]
+    next_cursor: str | None = Field(
+        description="Opaque; send it as `cursor` for the next page (null: the last page)"
+    )
+
+
+CURSOR_MAX_LENGTH = 512
+
+
+class CursorQuery(NulFreeModel):
+    """`limit` and `cursor` of a list read by cursor."""
+
+    limit: int = Field(20, ge=1, le=100, description="Page size")
+    cursor: str | None = Field(
+        None,
+        max_length=CURSOR_MAX_LENGTH,
+        description="`next_cursor` of the previous page; empty or absent for the first page",
+    )
 
 
 class PageQuery(BaseModel):

@@ -51,6 +51,17 @@ Password = Annotated[
 CurrentPassword = Annotated[str, Field(min_length=1, max_length=password_policy.MAX_LENGTH)]
 FullName = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)]
 Bio = Annotated[str, Field(max_length=2000)]
+# Only https (a picture shown to others must not be mixed content); never fetched by the server.
+IMAGE_URL_PATTERN = r"^https://[^\s/?#\\\u0000@]+(?:[/?#][^\s\u0000]*)?$"
+ImageUrl = Annotated[
+    str,
+    Field(
+        max_length=2048,
+        pattern=IMAGE_URL_PATTERN,
+        description="An https URL of a picture (never fetched by the server); null clears it",
+        examples=["https://images.example.com/alice.jpg"],
+    ),
+]
 
 
 class UserCreate(RequestModel):
@@ -79,10 +90,13 @@ class UserUpdate(PatchModel):
         json_schema_extra={"example": {"full_name": "Alice Liddell", "bio": "Writes about tea."}}
     )
 
+    NULLABLE = frozenset({"image"})
+
     full_name: FullName | None = None
     bio: Bio | None = None
     username: Username | None = None
     email: Email | None = None
+    image: ImageUrl | None = None
 
 
 class ProfileUpdate(UserUpdate):
@@ -147,6 +161,7 @@ class UserOut(UserPublic):
     role: Literal["user", "admin"]
     is_active: bool
     is_verified: bool
+    image: str | None = Field(description="The picture's URL, or null")
 
 
 class Registered(BaseModel):

@@ -7,9 +7,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, Select, delete, exists, false, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
+from app.core import slugs
 from app.core.media import MediaStorage
 from app.database.types import utcnow
 from app.database.upsert import insert_ignoring_conflicts
@@ -30,9 +32,11 @@ from app.services.backends import Backends
 from app.stores.cache import (
     LIST_GENERATIONS,
     Cache,
+    author_generations,
     list_slot,
     post_generations,
     post_slot,
+    slug_slot,
 )
 
 _SORT_COLUMNS: dict[str, Any] = {
@@ -118,6 +122,22 @@ async def read_json(backends: Backends, post_id: int, viewer: Viewer | None) -> 
     return body
 
 
+async def read_json_by_slug(backends: Backends, slug: str, viewer: Viewer | None) -> bytes:
+    """As `read_json`, the post found by its slug (which never changes, so it is cached)."""
+    cache = backends.stores.cache
+    lookup = await cache.read(slug_slot(slug))
+    if lookup.value is not None:
+        post_id = int(lookup.value)
+    else:
+        async with backends.read_sessions() as db:
+            found = await db.scalar(select(Post.id).where(Post.slug == slug))
+        if found is None:
+            raise PostNotFound
+        post_id = found
+        await cache.write(lookup, str(post_id).encode())
+    return await read_json(backends, post_id, viewer)
+
+
 async def list_json(backends: Backends, query: PostQuery, viewer: Viewer | None) -> bytes:
     """One page of posts as JSON, from the cache when it is fresh."""
     cache = backends.stores.cache
@@ -137,16 +157,21 @@ class EmailNotVerified(Forbidden):
     detail = "Verify your e-mail address before publishing; drafts are allowed meanwhile."
 
 
-async def create(db: AsyncSession, backends: Backends, author: User, data: PostCreate) -> PostOut:
+async def create(
+    db: AsyncSession, backends: Backends, author: User, data: PostCreate, *, retried: bool = False
+) -> PostOut:
     if data.published and backends.settings.require_email_verification and not author.is_verified:
         raise EmailNotVerified
     now = utcnow()
     post = Post(
         author_id=author.id,
         title=data.title,
+        slug=await _free_slug(db, data.title),
+        summary=data.summary,
         content=data.content,
         published=data.published,
         likes=0,
+        comments_count=0,
         created_at=now,
         updated_at=now,
     )
@@ -154,9 +179,34 @@ async def create(db: AsyncSession, backends: Backends, author: User, data: PostC
     post.images = []
     post.tags = await _tags_named(db, data.tags)
     db.add(post)
-    await db.commit()
-    await backends.stores.cache.bump(*LIST_GENERATIONS)
+    try:
+        await db.commit()
+    except IntegrityError:  # another post took the slug meanwhile: a random suffix then
+        await db.rollback()
+        if retried:
+            raise
+        await db.refresh(author)
+        return await create(db, backends, author, data, retried=True)
+    await backends.stores.cache.bump(*LIST_GENERATIONS, *author_generations(author.id))
     return to_out(post, backends.media, liked=False)
+
+
+async def _free_slug(db: AsyncSession, title: str) -> str:
+    """The title's slug, or with the first free numeric suffix when it is taken."""
+    base = slugs.slug_base(title)
+    taken = set(
+        await db.scalars(
+            select(Post.slug).where(
+                or_(Post.slug == base, Post.slug.startswith(base + "-", autoescape=True))
+            )
+        )
+    )
+    if base not in taken:
+        return base
+    n = 2
+    while slugs.with_suffix(base, n) in taken:
+        n += 1
+    return slugs.with_suffix(base, n)
 
 
 async def change(
@@ -181,7 +231,9 @@ async def change(
         post.tags = await _tags_named(db, tags)
     post.updated_at = utcnow()
     await db.commit()
-    await backends.stores.cache.bump(*post_generations(post.id))
+    await backends.stores.cache.bump(
+        *post_generations(post.id), *author_generations(post.author_id)
+    )
     liked = await _liked(db, viewer, [post.id]) == {post.id}
     return to_out(post, backends.media, liked=liked)
 
@@ -192,7 +244,9 @@ async def delete_post(db: AsyncSession, backends: Backends, post: Post) -> None:
     await db.delete(post)
     await db.commit()
     await images.remove_files(backends.media, image_keys)
-    await backends.stores.cache.bump(*post_generations(post.id))
+    await backends.stores.cache.bump(
+        *post_generations(post.id), *author_generations(post.author_id)
+    )
 
 
 async def set_like(db: AsyncSession, cache: Cache, post: Post, user: Viewer, liked: bool) -> None:
@@ -244,6 +298,20 @@ async def list_posts(
     )
 
 
+async def posts_by_ids(
+    db: AsyncSession, media: MediaStorage, post_ids: Sequence[int], viewer: Viewer | None
+) -> dict[int, PostOut]:
+    """These posts (those the viewer may see), by id, in a fixed number of statements."""
+    if not post_ids:
+        return {}
+    stmt = _with_relations(select(Post).where(Post.id.in_(post_ids)))
+    if (visible := _visible_to(viewer)) is not None:
+        stmt = stmt.where(visible)
+    found = (await db.scalars(stmt)).unique().all()
+    liked = await _liked(db, viewer, [p.id for p in found])
+    return {p.id: to_out(p, media, liked=p.id in liked) for p in found}
+
+
 async def popular_tags(db: AsyncSession, prefix: str | None, limit: int) -> list[TagCount]:
     """Tags with the number of published posts carrying them, most used first."""
     count = func.count(post_tag.c.post_id)
@@ -266,14 +334,17 @@ async def popular_tags(db: AsyncSession, prefix: str | None, limit: int) -> list
 def to_out(post: Post, media: MediaStorage, liked: bool) -> PostOut:
     return PostOut(
         id=post.id,
+        slug=post.slug,
         title=post.title,
+        summary=post.summary,
         content=post.content,
         published=post.published,
         tags=sorted(tag.name for tag in post.tags),
-        author=AuthorOut(id=post.author.id, username=post.author.username),
+        author=AuthorOut(id=post.author.id, username=post.author.username, image=post.author.image),
         images=[images.to_out(image, media, public=post.published) for image in post.images],
         likes=post.likes,
         liked_by_me=liked,
+        comments=post.comments_count,
         created_at=post.created_at,
         updated_at=post.updated_at,
     )
@@ -296,6 +367,12 @@ def _filters(query: PostQuery, viewer: Viewer | None) -> Iterable[ColumnElement[
     if query.author:
         yield Post.author_id == (
             select(User.id).where(User.username == query.author.lower()).scalar_subquery()
+        )
+    if query.favorited_by:
+        yield exists().where(
+            PostLike.post_id == Post.id,
+            PostLike.user_id
+            == select(User.id).where(User.username == query.favorited_by.lower()).scalar_subquery(),
         )
 
 

@@ -36,11 +36,11 @@ from app.schemas.user import (
     UserOut,
     UserPublic,
 )
-from app.services import auth, emails, images
+from app.services import auth, emails, images, profiles
 from app.services.backends import Backends
 from app.services.security import Client, Security
 from app.stores import Stores
-from app.stores.cache import ALL_GENERATIONS
+from app.stores.cache import ALL_GENERATIONS, user_generation
 
 
 def to_out(user: User) -> UserOut:
@@ -54,6 +54,7 @@ def to_out(user: User) -> UserOut:
         role=Role(user.role).value,
         is_active=user.is_active,
         is_verified=user.is_verified,
+        image=user.image,
         created_at=user.created_at,
     )
 
@@ -296,6 +297,7 @@ async def delete(db: AsyncSession, backends: Backends, user: User) -> None:
         .values(likes=Post.likes - 1)
         .execution_options(synchronize_session=False)
     )
+    await profiles.forget(db, user.id)
     await db.delete(user)
     await db.commit()
     await images.remove_files(backends.media, image_keys)
@@ -321,6 +323,7 @@ async def admin_update(
         await _ensure_other_admin(db, user)
     if values.get("is_active") is False:
         await auth.end_sessions(db, user.id)
+        await profiles.forget(db, user.id)
     await _apply(db, stores, user, values)
     return user
 
@@ -331,6 +334,7 @@ async def _apply(db: AsyncSession, stores: Stores, user: User, values: dict[str,
         field in values and values[field] != getattr(user, field) for field in ("role", "is_active")
     )
     renamed = "username" in values and values["username"] != user.username
+    user_image = user.image
     email, username = values.get("email"), values.get("username")
     await _ensure_unique(
         db,
@@ -345,8 +349,13 @@ async def _apply(db: AsyncSession, stores: Stores, user: User, values: dict[str,
     await db.commit()
     if access_changed:
         await stores.sessions.user_changed(user.id)
-    if renamed:
-        await stores.cache.bump(*ALL_GENERATIONS)  # the name is on every post they wrote
+    pictured = "image" in values and values["image"] != user_image
+    if renamed or pictured or access_changed:
+        # Their name and picture are on every post and comment they wrote; a deactivated
+        # user's profile, follows and comments are gone.
+        await stores.cache.bump(*ALL_GENERATIONS)
+    elif values:
+        await stores.cache.bump(user_generation(user.id))  # their profile
 
 
 async def _ensure_unique(

@@ -73,6 +73,35 @@ def post_generations(post_id: int) -> tuple[str, ...]:
     return (f"gen:post:{post_id}", "gen:lists")
 
 
+def slug_slot(slug: str) -> Slot:
+    """Which post a slug names: a slug never moves to another post."""
+    return Slot((EPOCH,), f"slug:{slug}")
+
+
+# The social graph's generations. A user's generation moves with whatever their profile shows
+# (who follows them, whom they follow, their published posts, their name and picture); an
+# author's posts generation with the set of their posts (a new one, a change, a deletion). A
+# feed depends on its reader's generation and on the posts generations of the authors followed,
+# so one write outdates only the feeds (and profiles) it touches.
+def user_generation(user_id: int) -> str:
+    return f"gen:user:{user_id}"
+
+
+def author_posts_generation(author_id: int) -> str:
+    return f"gen:posts:{author_id}"
+
+
+def author_generations(author_id: int) -> tuple[str, ...]:
+    """What a write to one of the author's posts outdates beside the post itself."""
+    return (author_posts_generation(author_id), user_generation(author_id))
+
+
+def user_slot(username: str) -> Slot:
+    """Which active user has this username: renames and (de)activations bump every
+    generation (`ALL_GENERATIONS`)."""
+    return Slot((EPOCH,), f"username:{username}")
+
+
 LIST_GENERATIONS = ("gen:lists",)
 ALL_GENERATIONS = (EPOCH,)
 

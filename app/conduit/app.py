@@ -7,7 +7,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from app.conduit.errors import install_error_handlers
-from app.conduit.routes import tags, users
+from app.conduit.routes import articles, comments, profiles, tags, users
 from app.config import Settings
 from app.errors import DatabaseErrorMiddleware
 from app.web.docs import ASSETS_URL, SWAGGER_UI_PARAMETERS
@@ -35,7 +35,7 @@ def create_conduit_app(settings: Settings) -> FastAPI:
         redoc_url=None,
         dependencies=[Depends(single_valued_query)],
     )
-    for module in (users, tags):
+    for module in (users, profiles, articles, comments, tags):
         conduit.include_router(module.router)
     if settings.docs_enabled:
         _install_docs(conduit)

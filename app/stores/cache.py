@@ -74,8 +74,13 @@ def post_generations(post_id: int) -> tuple[str, ...]:
 
 
 def slug_slot(slug: str) -> Slot:
-    """Which post a slug names: a slug never moves to another post."""
-    return Slot((EPOCH,), f"slug:{slug}")
+    """Which post a slug names: a slug never moves to another post, but once its post is
+    deleted a new post may take it (the deletion bumps `slug_generation`)."""
+    return Slot((EPOCH, slug_generation(slug)), f"slug:{slug}")
+
+
+def slug_generation(slug: str) -> str:
+    return f"gen:slug:{slug}"
 
 
 # The social graph's generations. A user's generation moves with whatever their profile shows

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.core.security import Passwords
-from app.models import Post, PostLike, User
+from app.models import Follow, Post, PostLike, User
 from tests.conftest import SERVICES, settings_env
 from tests.factories import PASSWORD, Account, bearer, create_post, login, register
 from tests.images import jpeg, png, wait_until_processed
@@ -322,3 +322,72 @@ async def test_500_concurrent_likes_over_both_apis_count_exactly_500(
     )
     assert rows == FANS
     print(f"{FANS} logins in {signed_in:.2f} s; {FANS} concurrent likes in {liked:.2f} s")
+
+
+# --- follows and comments: at once over both APIs -----------------------------------------------
+SOCIAL_FANS = 100
+
+
+async def test_concurrent_follows_and_comments_over_both_apis_count_exactly(
+    cluster: Cluster,
+    api1: httpx.AsyncClient,
+    api2: httpx.AsyncClient,
+    db: AsyncSession,
+    settings: Settings,
+) -> None:
+    clients = (api1, api2)
+    star: Account = await register(api1)
+    post = await create_post(api1, star)
+    for api in clients:  # both cached with nothing yet
+        assert (await api.get(f"/api/profiles/{star.username}")).json()["followers"] == 0
+        assert (await api.get(f"/api/posts/{post['id']}")).json()["comments"] == 0
+
+    password_hash = await Passwords(settings).hash(PASSWORD)
+    tag = uuid.uuid4().hex[:6]
+    usernames = [f"social_{tag}_{n}" for n in range(SOCIAL_FANS)]
+    await db.execute(
+        insert(User),
+        [
+            {"email": f"{u}@example.com", "username": u, "password_hash": password_hash}
+            for u in usernames
+        ],
+    )
+    await db.commit()
+    in_flight = asyncio.Semaphore(LOGINS_IN_FLIGHT)
+
+    async def sign_in(n: int, username: str) -> str:
+        async with in_flight:
+            tokens = await login(clients[n % 2], username)
+        token: str = tokens["access_token"]
+        return token
+
+    tokens = await asyncio.gather(*(sign_in(n, u) for n, u in enumerate(usernames)))
+    # Every fan follows twice (once through each API) and comments once, all at once.
+    answers = await asyncio.gather(
+        *(
+            clients[n % 2].put(f"/api/profiles/{star.username}/follow", headers=bearer(t))
+            for n, t in enumerate(tokens)
+        ),
+        *(
+            clients[(n + 1) % 2].put(f"/api/profiles/{star.username}/follow", headers=bearer(t))
+            for n, t in enumerate(tokens)
+        ),
+        *(
+            clients[n % 2].post(
+                f"/api/posts/{post['id']}/comments", json={"body": "hi"}, headers=bearer(t)
+            )
+            for n, t in enumerate(tokens)
+        ),
+    )
+    statuses = Counter(r.status_code for r in answers)
+    assert statuses == {200: 2 * SOCIAL_FANS, 201: SOCIAL_FANS}, f"{statuses}\n{cluster.logs()}"
+    for api in clients:
+        profile = (await api.get(f"/api/profiles/{star.username}")).json()
+        assert profile["followers"] == SOCIAL_FANS
+        assert (await api.get(f"/api/posts/{post['id']}")).json()["comments"] == SOCIAL_FANS
+        feed = await api.get("/api/feed", headers=bearer(tokens[0]))
+        assert [p["id"] for p in feed.json()["items"]] == [post["id"]]
+    await db.rollback()
+    assert await db.scalar(select(Post.comments_count).where(Post.id == post["id"])) == SOCIAL_FANS
+    follows = select(func.count()).select_from(Follow).where(Follow.followee_id == star.id)
+    assert await db.scalar(follows) == SOCIAL_FANS

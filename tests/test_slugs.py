@@ -65,6 +65,12 @@ async def test_deleted_post_slug_is_404(client: httpx.AsyncClient) -> None:
     deleted = await client.delete(f"/api/posts/{post['id']}", headers=alice.headers)
     assert deleted.status_code == 204
     assert_problem(await client.get("/api/posts/by-slug/short-lived"), 404, "post_not_found")
+    # The slug is free again, and names the new post at once.
+    again = await create_post(client, alice, title="Short lived")
+    assert again["slug"] == "short-lived"
+    found = await client.get("/api/posts/by-slug/short-lived")
+    assert found.status_code == 200
+    assert found.json()["id"] == again["id"]
 
 
 async def test_summary_is_optional_bounded_and_editable(client: httpx.AsyncClient) -> None:

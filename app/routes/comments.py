@@ -42,7 +42,7 @@ async def create_comment(
     db: DbSession,
     backends: BackendsDep,
 ) -> CommentOut:
-    comment = await comments.create(db, backends, post, user, body)
+    comment = await comments.create(db, backends, post=post, author=user, data=body)
     response.headers["Location"] = f"/api/comments/{comment.id}"
     return comment
 
@@ -59,7 +59,7 @@ async def create_comment(
 async def list_comments(
     post_id: PostId, query: CursorParams, viewer: OptionalPrincipal, backends: BackendsDep
 ) -> Response:
-    body = await comments.list_json(backends, post_id, query, viewer)
+    body = await comments.list_json(backends, post_id=post_id, query=query, viewer=viewer)
     return Response(body, media_type="application/json")
 
 
@@ -78,7 +78,7 @@ async def update_comment(
     db: DbSession,
     backends: BackendsDep,
 ) -> CommentOut:
-    return await comments.change(db, backends, comment_id, caller, body)
+    return await comments.change(db, backends, comment_id=comment_id, viewer=caller, data=body)
 
 
 @router.delete(
@@ -93,5 +93,5 @@ async def update_comment(
 async def delete_comment(
     comment_id: CommentId, caller: CurrentPrincipal, db: DbSession, backends: BackendsDep
 ) -> Response:
-    await comments.delete(db, backends, comment_id, caller)
+    await comments.delete(db, backends, comment_id=comment_id, viewer=caller)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -25,5 +25,5 @@ router = APIRouter(prefix="/api/feed", tags=["feed"])
 async def read_feed(
     query: Annotated[CursorQuery, Query()], caller: CurrentPrincipal, backends: BackendsDep
 ) -> Response:
-    body = await feed.read_json(backends, caller, query)
+    body = await feed.read_json(backends, viewer=caller, query=query)
     return Response(body, media_type="application/json")

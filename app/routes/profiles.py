@@ -30,7 +30,7 @@ CursorParams = Annotated[CursorQuery, Query()]
 async def read_profile(
     username: UsernamePath, viewer: OptionalPrincipal, backends: BackendsDep
 ) -> Response:
-    body = await profiles.read_json(backends, username, viewer)
+    body = await profiles.read_json(backends, username=username, viewer=viewer)
     return Response(body, media_type="application/json")
 
 
@@ -46,7 +46,7 @@ async def read_profile(
 async def follow(
     username: UsernamePath, caller: CurrentPrincipal, db: DbSession, backends: BackendsDep
 ) -> Profile:
-    return await profiles.set_following(db, backends, caller, username, follow=True)
+    return await profiles.set_following(db, backends, viewer=caller, username=username, follow=True)
 
 
 @router.delete(
@@ -60,7 +60,9 @@ async def follow(
 async def unfollow(
     username: UsernamePath, caller: CurrentPrincipal, db: DbSession, backends: BackendsDep
 ) -> Profile:
-    return await profiles.set_following(db, backends, caller, username, follow=False)
+    return await profiles.set_following(
+        db, backends, viewer=caller, username=username, follow=False
+    )
 
 
 @router.get(
@@ -75,7 +77,9 @@ async def unfollow(
 async def followers(
     username: UsernamePath, query: CursorParams, viewer: OptionalPrincipal, backends: BackendsDep
 ) -> Response:
-    body = await profiles.list_json(backends, username, "followers", query, viewer)
+    body = await profiles.list_json(
+        backends, username=username, direction="followers", query=query, viewer=viewer
+    )
     return Response(body, media_type="application/json")
 
 
@@ -90,5 +94,7 @@ async def followers(
 async def following(
     username: UsernamePath, query: CursorParams, viewer: OptionalPrincipal, backends: BackendsDep
 ) -> Response:
-    body = await profiles.list_json(backends, username, "following", query, viewer)
+    body = await profiles.list_json(
+        backends, username=username, direction="following", query=query, viewer=viewer
+    )
     return Response(body, media_type="application/json")

@@ -44,7 +44,7 @@ def to_out(comment: Comment) -> CommentOut:
 
 
 async def create(
-    db: AsyncSession, backends: Backends, post: Post, author: User, data: CommentCreate
+    db: AsyncSession, backends: Backends, *, post: Post, author: User, data: CommentCreate
 ) -> CommentOut:
     """A comment on a post the author can see (the caller checked), or a reply to one of its
     comments; the post's counter moves in the same transaction."""
@@ -86,7 +86,7 @@ async def create(
 
 
 async def list_json(
-    backends: Backends, post_id: int, query: CursorQuery, viewer: Viewer | None
+    backends: Backends, *, post_id: int, query: CursorQuery, viewer: Viewer | None
 ) -> bytes:
     """The post's comments, oldest first, tombstones included, as a cursor page."""
     scope = f"comments:{post_id}"
@@ -143,7 +143,7 @@ async def get_live(db: AsyncSession, comment_id: int, viewer: Viewer) -> Comment
 
 
 async def change(
-    db: AsyncSession, backends: Backends, comment_id: int, viewer: Viewer, data: CommentUpdate
+    db: AsyncSession, backends: Backends, *, comment_id: int, viewer: Viewer, data: CommentUpdate
 ) -> CommentOut:
     comment = await get_live(db, comment_id, viewer)
     if comment.author_id != viewer.id:
@@ -155,7 +155,7 @@ async def change(
     return to_out(comment)
 
 
-async def delete(db: AsyncSession, backends: Backends, comment_id: int, viewer: Viewer) -> None:
+async def delete(db: AsyncSession, backends: Backends, *, comment_id: int, viewer: Viewer) -> None:
     """By its author, the post's author or an administrator. With replies it stays as a
     tombstone; without, it goes, and so do the tombstones above it left with no reply."""
     comment = await get_live(db, comment_id, viewer)

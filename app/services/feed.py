@@ -54,7 +54,7 @@ def _conditions(viewer: Viewer) -> tuple[ColumnElement[bool], ...]:
     return Post.published.is_(True), Post.author_id.in_(followed)
 
 
-async def offset_page_json(backends: Backends, viewer: Viewer, query: PageQuery) -> bytes:
+async def offset_page_json(backends: Backends, *, viewer: Viewer, query: PageQuery) -> bytes:
     """The feed as an offset page with its total (a `Page`), for clients that page by offset
     rather than by cursor (the RealWorld API). Cached in two steps like the cursor pages: which
     posts and how many (outdated by a follow or a followed author's post), then the page
@@ -105,7 +105,7 @@ async def offset_page_json(backends: Backends, viewer: Viewer, query: PageQuery)
     return body
 
 
-async def read_json(backends: Backends, viewer: Viewer, query: CursorQuery) -> bytes:
+async def read_json(backends: Backends, *, viewer: Viewer, query: CursorQuery) -> bytes:
     scope = f"feed:{viewer.id}"
     at = paging.position(backends.cursors, scope, query.cursor)
     authors = await _followed(backends, viewer)

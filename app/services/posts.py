@@ -257,11 +257,12 @@ async def change(
 async def delete_post(db: AsyncSession, backends: Backends, post: Post) -> None:
     """Delete the post with its likes, tags links and images (files included)."""
     image_keys = [image.storage_key for image in post.images]
+    slug = post.slug
     await db.delete(post)
     await db.commit()
     await images.remove_files(backends.media, image_keys)
     await backends.stores.cache.bump(
-        *post_generations(post.id), *author_generations(post.author_id), slug_generation(post.slug)
+        *post_generations(post.id), *author_generations(post.author_id), slug_generation(slug)
     )
 
 

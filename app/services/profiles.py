@@ -91,7 +91,7 @@ def _viewer_part(viewer: Viewer | None) -> str:
     return "anon" if viewer is None else str(viewer.id)
 
 
-async def read_json(backends: Backends, username: str, viewer: Viewer | None) -> bytes:
+async def read_json(backends: Backends, *, username: str, viewer: Viewer | None) -> bytes:
     user_id = await _active_id(backends, username)
     cache = backends.stores.cache
     slot = Slot((EPOCH, user_generation(user_id)), f"profile:{user_id}:{_viewer_part(viewer)}")
@@ -108,7 +108,7 @@ async def read_json(backends: Backends, username: str, viewer: Viewer | None) ->
 
 
 async def set_following(
-    db: AsyncSession, backends: Backends, viewer: Viewer, username: str, *, follow: bool
+    db: AsyncSession, backends: Backends, *, viewer: Viewer, username: str, follow: bool
 ) -> Profile:
     """Follow or unfollow, idempotently; the profile as it is now."""
     target = await db.scalar(
@@ -141,6 +141,7 @@ async def set_following(
 
 async def list_json(
     backends: Backends,
+    *,
     username: str,
     direction: Direction,
     query: CursorQuery,

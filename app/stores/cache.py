@@ -74,8 +74,8 @@ def post_generations(post_id: int) -> tuple[str, ...]:
 
 
 def slug_slot(slug: str) -> Slot:
-    """Which post a slug names: a slug never moves to another post, but once its post is
-    deleted a new post may take it (the deletion bumps `slug_generation`)."""
+    """Which post a slug names: a slug never moves to another post, but is free again once its
+    post is deleted (which bumps `slug_generation`)."""
     return Slot((EPOCH, slug_generation(slug)), f"slug:{slug}")
 
 

@@ -76,7 +76,7 @@ async def read_feed(
     db: DbSession,
 ) -> ArticlesResponse:
     paging = PageQuery(limit=query.limit, offset=query.offset)
-    body = await feed.offset_page_json(backends, caller, paging)
+    body = await feed.offset_page_json(backends, viewer=caller, query=paging)
     return await _articles(db, Page[PostOut].model_validate_json(body), caller)
 
 

@@ -41,7 +41,7 @@ async def list_comments(
     cursor: str | None = None
     for _ in range(MAX_PAGES):
         query = CursorQuery(limit=PAGE_SIZE, cursor=cursor)
-        raw = await comments.list_json(backends, post_id, query, viewer)
+        raw = await comments.list_json(backends, post_id=post_id, query=query, viewer=viewer)
         page = CursorPage[CommentOut].model_validate_json(raw)
         found.extend(comment for comment in page.items if not comment.deleted)
         if (cursor := page.next_cursor) is None:
@@ -68,7 +68,9 @@ async def create_comment(
     user: CurrentUser, slug: Slug, body: NewCommentBody, db: DbSession, backends: BackendsDep
 ) -> CommentResponse:
     post = await posts.get_visible_by_slug(db, slug, user)
-    created = await comments.create(db, backends, post, user, mapping.new_comment(body.comment))
+    created = await comments.create(
+        db, backends, post=post, author=user, data=mapping.new_comment(body.comment)
+    )
     assert created.author is not None, "a new comment has its author"
     authors = await lookups.authors(db, [created.author], user)
     return CommentResponse(comment=mapping.comment(created, authors[user.id]))
@@ -94,5 +96,5 @@ async def delete_comment(
     comment = await comments.get_live(db, comment_id, caller)
     if comment.post_id != post.id:
         raise CommentNotFound
-    await comments.delete(db, backends, comment_id, caller)
+    await comments.delete(db, backends, comment_id=comment_id, viewer=caller)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -31,7 +31,9 @@ Username = Annotated[
 async def read_profile(
     username: Username, viewer: OptionalPrincipal, backends: BackendsDep
 ) -> ProfileResponse:
-    found = Profile.model_validate_json(await profiles.read_json(backends, username, viewer))
+    found = Profile.model_validate_json(
+        await profiles.read_json(backends, username=username, viewer=viewer)
+    )
     return ProfileResponse(profile=mapping.profile(found))
 
 
@@ -47,7 +49,9 @@ async def read_profile(
 async def follow(
     caller: CurrentPrincipal, username: Username, db: DbSession, backends: BackendsDep
 ) -> ProfileResponse:
-    found = await profiles.set_following(db, backends, caller, username, follow=True)
+    found = await profiles.set_following(
+        db, backends, viewer=caller, username=username, follow=True
+    )
     return ProfileResponse(profile=mapping.profile(found))
 
 
@@ -62,5 +66,7 @@ async def follow(
 async def unfollow(
     caller: CurrentPrincipal, username: Username, db: DbSession, backends: BackendsDep
 ) -> ProfileResponse:
-    found = await profiles.set_following(db, backends, caller, username, follow=False)
+    found = await profiles.set_following(
+        db, backends, viewer=caller, username=username, follow=False
+    )
     return ProfileResponse(profile=mapping.profile(found))

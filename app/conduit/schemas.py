@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -180,6 +181,24 @@ class ProfileResponse(BaseModel):
     profile: Profile
 
 
+MAX_LIMIT = 100
+
+
+def _at_most_max_limit(value: int) -> int:
+    return min(value, MAX_LIMIT)
+
+
+# RealWorld sets no maximum: a larger `limit` is answered with this many.
+Limit = Annotated[
+    int,
+    Field(
+        ge=1, le=2**63 - 1, description=f"How many articles (more than {MAX_LIMIT}: {MAX_LIMIT})"
+    ),
+    AfterValidator(_at_most_max_limit),
+]
+Offset = Annotated[int, Field(ge=0, le=1_000_000, description="How many to skip")]
+
+
 class ArticleQuery(NulFreeModel):
     """The filters and paging of `GET /articles`; `GET /articles/feed` pages the same way."""
 
@@ -188,13 +207,13 @@ class ArticleQuery(NulFreeModel):
     favorited: str | None = Field(
         None, max_length=32, description="Only those this user (a username) favorited"
     )
-    limit: int = Field(20, ge=1, le=100, description="How many articles (at most 100)")
-    offset: int = Field(0, ge=0, le=1_000_000, description="How many to skip")
+    limit: Limit = 20
+    offset: Offset = 0
 
 
 class FeedQuery(NulFreeModel):
-    limit: int = Field(20, ge=1, le=100, description="How many articles (at most 100)")
-    offset: int = Field(0, ge=0, le=1_000_000, description="How many to skip")
+    limit: Limit = 20
+    offset: Offset = 0
 
 
 class ArticleListItem(BaseModel):

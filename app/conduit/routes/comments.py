@@ -18,7 +18,8 @@ from app.services import comments, posts
 
 router = APIRouter(prefix="/api/articles/{slug}/comments", tags=["Comments"])
 
-CommentId = Annotated[int, Path(ge=1, le=MAX_ID, description="The comment's id")]
+# `{id}` as RealWorld names it.
+CommentId = Annotated[int, Path(alias="id", ge=1, le=MAX_ID, description="The comment's id")]
 # RealWorld lists every comment at once: the oldest this many (pages of the cursor list).
 PAGE_SIZE = 100
 MAX_PAGES = 10
@@ -77,7 +78,7 @@ async def create_comment(
 
 
 @router.delete(
-    "/{comment_id}",
+    "/{id}",
     operation_id="DeleteArticleComment",
     summary="Delete a comment for an article",
     description="Its author, the article's author or an administrator. A comment that has "

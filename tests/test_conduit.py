@@ -779,3 +779,16 @@ async def test_the_conduit_document_has_every_realworld_operation(
     listed = document["components"]["schemas"]["ArticleListItem"]["properties"]
     assert "body" not in listed
     assert "body" in document["components"]["schemas"]["Article"]["properties"]
+    paths = document["paths"]
+    optional = [{}, {"Token": []}]
+    assert paths["/api/articles"]["get"]["security"] == optional
+    assert paths["/api/articles/{slug}"]["get"]["security"] == optional
+    assert paths["/api/profiles/{username}"]["get"]["security"] == optional
+    assert paths["/api/articles"]["post"]["security"] == [{"Token": []}]
+    assert paths["/api/articles/feed"]["get"]["security"] == [{"Token": []}]
+
+
+async def test_any_slug_is_answered_in_conduits_shape(client: httpx.AsyncClient) -> None:
+    for slug in ("a%0Ab", "%C2%BD%16", "x" * 100):
+        response = await client.get(f"{ARTICLES}/{slug}")
+        assert_errors(response, 404, {"article": ["not found"]})

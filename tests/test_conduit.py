@@ -780,7 +780,7 @@ async def test_the_conduit_document_has_every_realworld_operation(
     assert "body" not in listed
     assert "body" in document["components"]["schemas"]["Article"]["properties"]
     paths = document["paths"]
-    optional = [{}, {"Token": []}]
+    optional: list[dict[str, list[str]]] = [{}, {"Token": []}]
     assert paths["/api/articles"]["get"]["security"] == optional
     assert paths["/api/articles/{slug}"]["get"]["security"] == optional
     assert paths["/api/profiles/{username}"]["get"]["security"] == optional
@@ -792,3 +792,13 @@ async def test_any_slug_is_answered_in_conduits_shape(client: httpx.AsyncClient)
     for slug in ("a%0Ab", "%C2%BD%16", "x" * 100):
         response = await client.get(f"{ARTICLES}/{slug}")
         assert_errors(response, 404, {"article": ["not found"]})
+
+
+async def test_an_article_titled_feed_does_not_hide_behind_the_feed(
+    client: httpx.AsyncClient,
+) -> None:
+    jake = await conduit_register(client)
+    article = await create_article(client, jake, "Feed")
+    assert article["slug"] == "feed-2"
+    found = await client.get(f"{ARTICLES}/feed-2")
+    assert found.json()["article"]["title"] == "Feed"

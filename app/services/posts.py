@@ -217,7 +217,7 @@ async def _free_slug(db: AsyncSession, title: str) -> str:
             )
         )
     )
-    if base not in taken:
+    if base not in taken and base not in slugs.RESERVED:
         return base
     n = 2
     while slugs.with_suffix(base, n) in taken:

@@ -802,3 +802,12 @@ async def test_an_article_titled_feed_does_not_hide_behind_the_feed(
     assert article["slug"] == "feed-2"
     found = await client.get(f"{ARTICLES}/feed-2")
     assert found.json()["article"]["title"] == "Feed"
+
+
+async def test_a_trailing_slash_is_served_not_redirected(client: httpx.AsyncClient) -> None:
+    jake = await conduit_register(client)
+    payload = {"article": {"title": "Slash", "description": "d", "body": "b"}}
+    created = await client.post(f"{ARTICLES}/", json=payload, headers=token(jake["token"]))
+    assert created.status_code == 201, created.text
+    listed = await client.get(f"{ARTICLES}/")
+    assert listed.json()["articlesCount"] == 1

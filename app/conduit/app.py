@@ -10,7 +10,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import Mount
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.conduit.dependencies import current_principal, optional_principal
 from app.conduit.errors import install_error_handlers
@@ -49,7 +49,27 @@ def create_conduit_app(settings: Settings) -> FastAPI:
     _install_openapi(conduit)
     install_error_handlers(conduit)
     conduit.add_middleware(DatabaseErrorMiddleware)
+    conduit.add_middleware(_WithoutTrailingSlash)
     return conduit
+
+
+class _WithoutTrailingSlash:
+    """`POST /api/articles/` (as a well-known frontend sends it) is `POST /api/articles`:
+    answered at once, not redirected, since a browser will not follow a redirect of a
+    cross-origin request it had to ask permission for."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            scope = dict(scope)
+            scope["path"] = path.rstrip("/") or "/"
+            raw: bytes | None = scope.get("raw_path")
+            if raw is not None:
+                scope["raw_path"] = raw.rstrip(b"/") or b"/"
+        await self.app(scope, receive, send)
 
 
 def mount_conduit(app: FastAPI) -> None:

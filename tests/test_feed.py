@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.schemas.common import CursorQuery
+from app.services import comments, feed, profiles
 from tests.conftest import QueryCounter
 from tests.factories import Account, create_post, make_admin, register
 from tests.problems import assert_problem
@@ -191,3 +195,24 @@ async def test_a_post_by_someone_not_followed_keeps_the_feed_cached(
     before = count_queries.count
     assert len((await feed_page(client, reader))["items"]) == 2
     assert count_queries.count - before > cached
+
+
+async def test_services_answer_models_too(client: httpx.AsyncClient, app: FastAPI) -> None:
+    """Other API shapes (the RealWorld one) translate the same answers as models."""
+    reader, alice = await register(client), await register(client)
+    await follow(client, reader, alice)
+    post = await create_post(client, alice)
+    made = await client.post(
+        f"/api/posts/{post['id']}/comments", json={"body": "hi"}, headers=reader.headers
+    )
+    assert made.status_code == 201
+    backends = app.state.backends
+    principal = SimpleNamespace(id=reader.id, is_admin=False)
+    query = CursorQuery(limit=10)
+    page = await feed.read(backends, viewer=principal, query=query)
+    assert [p.id for p in page.items] == [post["id"]]
+    found = await profiles.read(backends, username=alice.username, viewer=principal)
+    assert (found.following, found.followers, found.posts) == (True, 1, 1)
+    listed = await comments.list_page(backends, post_id=post["id"], query=query, viewer=None)
+    assert [c.body for c in listed.items] == ["hi"]
+    assert listed.next_cursor is None

@@ -126,6 +126,14 @@ async def list_json(
     return body
 
 
+async def list_page(
+    backends: Backends, *, post_id: int, query: CursorQuery, viewer: Viewer | None
+) -> CursorPage[CommentOut]:
+    """As `list_json`, as a model (for other API shapes built on this one)."""
+    body = await list_json(backends, post_id=post_id, query=query, viewer=viewer)
+    return CursorPage[CommentOut].model_validate_json(body)
+
+
 async def get_live(db: AsyncSession, comment_id: int, viewer: Viewer) -> Comment:
     """A comment not deleted, on a post the viewer can see, with its author and post."""
     stmt = (

@@ -158,3 +158,10 @@ async def read_json(backends: Backends, *, viewer: Viewer, query: CursorQuery) -
         rendered,
         render,
     )
+
+
+async def read(backends: Backends, *, viewer: Viewer, query: CursorQuery) -> CursorPage[PostOut]:
+    """As `read_json`, as a model (for other API shapes built on this one)."""
+    return CursorPage[PostOut].model_validate_json(
+        await read_json(backends, viewer=viewer, query=query)
+    )

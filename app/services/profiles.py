@@ -107,6 +107,11 @@ async def read_json(backends: Backends, *, username: str, viewer: Viewer | None)
     return body
 
 
+async def read(backends: Backends, *, username: str, viewer: Viewer | None) -> Profile:
+    """As `read_json`, as a model (for other API shapes built on this one)."""
+    return Profile.model_validate_json(await read_json(backends, username=username, viewer=viewer))
+
+
 async def set_following(
     db: AsyncSession, backends: Backends, *, viewer: Viewer, username: str, follow: bool
 ) -> Profile:

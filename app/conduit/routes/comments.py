@@ -13,7 +13,7 @@ from app.database.types import MAX_ID
 from app.dependencies import BackendsDep, DbSession
 from app.errors import CommentNotFound
 from app.schemas.comment import CommentOut
-from app.schemas.common import CursorPage, CursorQuery
+from app.schemas.common import CursorQuery
 from app.services import comments, posts
 
 router = APIRouter(prefix="/api/articles/{slug}/comments", tags=["Comments"])
@@ -42,8 +42,7 @@ async def list_comments(
     cursor: str | None = None
     for _ in range(MAX_PAGES):
         query = CursorQuery(limit=PAGE_SIZE, cursor=cursor)
-        raw = await comments.list_json(backends, post_id=post_id, query=query, viewer=viewer)
-        page = CursorPage[CommentOut].model_validate_json(raw)
+        page = await comments.list_page(backends, post_id=post_id, query=query, viewer=viewer)
         found.extend(comment for comment in page.items if not comment.deleted)
         if (cursor := page.next_cursor) is None:
             break

@@ -10,7 +10,6 @@ from app.conduit.schemas import ProfileResponse
 from app.conduit.util import error_responses
 from app.dependencies import BackendsDep, DbSession
 from app.schemas.common import NUL_FREE_PATTERN
-from app.schemas.profile import Profile
 from app.services import profiles
 
 router = APIRouter(prefix="/api/profiles", tags=["Profile"])
@@ -31,9 +30,7 @@ Username = Annotated[
 async def read_profile(
     username: Username, viewer: OptionalPrincipal, backends: BackendsDep
 ) -> ProfileResponse:
-    found = Profile.model_validate_json(
-        await profiles.read_json(backends, username=username, viewer=viewer)
-    )
+    found = await profiles.read(backends, username=username, viewer=viewer)
     return ProfileResponse(profile=mapping.profile(found))
 
 

@@ -413,3 +413,401 @@ async def test_metrics_name_conduit_routes_apart_from_apis(client: httpx.AsyncCl
     routes = {dict(labels)["route"] for labels in (await scrape(client)).series(REQUESTS)}
     assert {"/conduit/api/users", "/api/users", "/conduit/api/tags", "/conduit/{path}"} <= routes
     assert not any("42" in route for route in routes)
+
+
+# Articles, comments, favorites, profiles and the feed: the same posts, comments, likes and
+# follows as /api.
+
+ARTICLES = "/conduit/api/articles"
+PROFILES = "/conduit/api/profiles"
+
+
+async def create_article(
+    client: httpx.AsyncClient, user: dict[str, Any], title: str = "Hello", **fields: Any
+) -> dict[str, Any]:
+    payload = {"title": title, "description": "About it", "body": "The *body*.", **fields}
+    response = await client.post(ARTICLES, json={"article": payload}, headers=token(user["token"]))
+    assert response.status_code == 201, response.text
+    article: dict[str, Any] = response.json()["article"]
+    return article
+
+
+async def test_an_article_is_a_post_on_api_and_a_post_an_article(
+    client: httpx.AsyncClient,
+) -> None:
+    jake = await conduit_register(client, "jake")
+    article = await create_article(client, jake, "Hello, World", tagList=["Intro", "x_y"])
+    assert article | {"createdAt": None, "updatedAt": None} == {
+        "slug": "hello-world",
+        "title": "Hello, World",
+        "description": "About it",
+        "body": "The *body*.",
+        "tagList": ["intro", "x_y"],
+        "createdAt": None,
+        "updatedAt": None,
+        "favorited": False,
+        "favoritesCount": 0,
+        "author": {"username": "jake", "bio": None, "image": None, "following": False},
+    }
+    assert article["createdAt"].endswith("Z")
+    assert len(article["createdAt"]) == len("2026-12-07T10:00:00.000Z")
+    post = (await client.get("/api/posts/by-slug/hello-world")).json()
+    assert (post["title"], post["summary"], post["content"], post["tags"], post["published"]) == (
+        "Hello, World",
+        "About it",
+        "The *body*.",
+        ["intro", "x_y"],
+        True,
+    )
+    # The reverse: a post written on /api, with a like and a comment there.
+    anna = await register(client, "anna", bio="From /api")
+    native = await create_post(client, anna, title="Native", summary="Short", tags=["t"])
+    await client.put(f"/api/posts/{native['id']}/like", headers=anna.headers)
+    await client.post(
+        f"/api/posts/{native['id']}/comments", json={"body": "First!"}, headers=anna.headers
+    )
+    seen = (await client.get(f"{ARTICLES}/{native['slug']}", headers=token(jake["token"]))).json()
+    assert seen["article"] | {"createdAt": None, "updatedAt": None} == {
+        "slug": native["slug"],
+        "title": "Native",
+        "description": "Short",
+        "body": native["content"],
+        "tagList": ["t"],
+        "createdAt": None,
+        "updatedAt": None,
+        "favorited": False,
+        "favoritesCount": 1,
+        "author": {"username": "anna", "bio": "From /api", "image": None, "following": False},
+    }
+    comments = (await client.get(f"{ARTICLES}/{native['slug']}/comments")).json()["comments"]
+    assert [(c["body"], c["author"]["username"]) for c in comments] == [("First!", "anna")]
+    listed = (await client.get(ARTICLES)).json()
+    assert listed["articlesCount"] == 2
+    assert [a["slug"] for a in listed["articles"]] == [native["slug"], "hello-world"]
+    assert all("body" not in a for a in listed["articles"])
+
+
+async def test_equal_titles_get_distinct_slugs_and_a_freed_slug_is_taken_again(
+    client: httpx.AsyncClient,
+) -> None:
+    jake = await conduit_register(client)
+    first = await create_article(client, jake, "Same")
+    second = await create_article(client, jake, "Same")
+    assert (first["slug"], second["slug"]) == ("same", "same-2")
+    assert (await client.get(f"{ARTICLES}/same")).status_code == 200  # its slug is now cached
+    deleted = await client.delete(f"{ARTICLES}/same", headers=token(jake["token"]))
+    assert deleted.status_code == 204
+    assert_errors(await client.get(f"{ARTICLES}/same"), 404, {"article": ["not found"]})
+    again = await create_article(client, jake, "Same", body="Again")
+    assert again["slug"] == "same"
+    found = await client.get(f"{ARTICLES}/same")
+    assert found.status_code == 200, found.text
+    assert found.json()["article"]["body"] == "Again"
+
+
+async def test_only_the_author_changes_or_deletes_an_article(client: httpx.AsyncClient) -> None:
+    jake = await conduit_register(client, "jake")
+    anna = await conduit_register(client, "anna")
+    article = await create_article(client, jake)
+    url = f"{ARTICLES}/{article['slug']}"
+    for response in (
+        await client.put(url, json={"article": {"body": "Mine"}}, headers=token(anna["token"])),
+        await client.delete(url, headers=token(anna["token"])),
+    ):
+        assert_errors(response, 403, {"article": ["forbidden"]})
+    unchanged = (await client.get(url)).json()["article"]
+    assert unchanged["body"] == article["body"]
+    assert_errors(
+        await client.put(url, json={"article": {"body": "x"}}), 401, {"token": ["is missing"]}
+    )
+    changed = await client.put(
+        url,
+        json={"article": {"title": "New title", "description": "New", "tagList": ["a"]}},
+        headers=token(jake["token"]),
+    )
+    assert changed.status_code == 200, changed.text
+    body = changed.json()["article"]
+    assert (body["slug"], body["title"], body["description"], body["body"], body["tagList"]) == (
+        article["slug"],
+        "New title",
+        "New",
+        article["body"],
+        ["a"],
+    )
+    assert body["updatedAt"] > article["updatedAt"]
+    assert body["createdAt"] == article["createdAt"]
+    for bad, field in (({"title": " "}, "title"), ({"tagList": None}, "tagList")):
+        assert_errors(
+            await client.put(url, json={"article": bad}, headers=token(jake["token"])),
+            422,
+            {field: ["can't be blank"]},
+        )
+
+
+async def test_drafts_written_on_api_stay_hidden(client: httpx.AsyncClient) -> None:
+    anna = await register(client, "anna")
+    draft = await create_post(client, anna, title="Secret", published=False)
+    jake = await conduit_register(client, "jake")
+    url = f"{ARTICLES}/{draft['slug']}"
+    for headers in ({}, token(jake["token"])):
+        assert_errors(await client.get(url, headers=headers), 404, {"article": ["not found"]})
+        assert_errors(
+            await client.get(f"{url}/comments", headers=headers), 404, {"article": ["not found"]}
+        )
+        assert (await client.get(ARTICLES, headers=headers)).json()["articlesCount"] == 0
+    assert_errors(
+        await client.post(f"{url}/favorite", headers=token(jake["token"])),
+        404,
+        {"article": ["not found"]},
+    )
+    assert_errors(
+        await client.post(
+            f"{url}/comments", json={"comment": {"body": "Hi"}}, headers=token(jake["token"])
+        ),
+        404,
+        {"article": ["not found"]},
+    )
+    # Its author sees it, as on /api.
+    assert (await client.get(url, headers=token(anna.access_token))).status_code == 200
+
+
+async def test_favorites_are_likes(client: httpx.AsyncClient) -> None:
+    anna = await register(client, "anna")
+    post = await create_post(client, anna)
+    jake = await conduit_register(client, "jake")
+    url = f"{ARTICLES}/{post['slug']}/favorite"
+    for _ in range(2):  # idempotent
+        favorited = await client.post(url, headers=token(jake["token"]))
+        assert favorited.status_code == 200, favorited.text
+        assert (
+            favorited.json()["article"]["favorited"],
+            favorited.json()["article"]["favoritesCount"],
+        ) == (True, 1)
+    seen = (await client.get(f"/api/posts/{post['id']}", headers=bearer(jake["token"]))).json()
+    assert (seen["liked_by_me"], seen["likes"]) == (True, 1)
+    mine = (await client.get(ARTICLES, params={"favorited": "jake"})).json()
+    assert [a["slug"] for a in mine["articles"]] == [post["slug"]]
+    unfavorited = (await client.delete(url, headers=token(jake["token"]))).json()["article"]
+    assert (unfavorited["favorited"], unfavorited["favoritesCount"]) == (False, 0)
+    assert (await client.get(ARTICLES, params={"favorited": "jake"})).json()["articlesCount"] == 0
+
+
+async def test_list_filters_and_paging(client: httpx.AsyncClient) -> None:
+    jake = await conduit_register(client, "jake")
+    anna = await conduit_register(client, "anna")
+    for n in range(3):
+        await create_article(client, jake, f"Jake {n}", tagList=["even" if n % 2 == 0 else "odd"])
+    await create_article(client, anna, "Anna", tagList=["even"])
+
+    async def slugs(**params: Any) -> tuple[list[str], int]:
+        response = await client.get(ARTICLES, params=params)
+        assert response.status_code == 200, response.text
+        return [a["slug"] for a in response.json()["articles"]], response.json()["articlesCount"]
+
+    assert await slugs(author="jake") == (["jake-2", "jake-1", "jake-0"], 3)
+    assert await slugs(tag="even") == (["anna", "jake-2", "jake-0"], 3)
+    assert await slugs(tag="Even", author="jake", limit=1, offset=1) == (["jake-0"], 2)
+    assert await slugs(author="nobody") == ([], 0)
+    assert_errors(await client.get(ARTICLES, params={"limit": 0}), 422, {"limit": ["is invalid"]})
+    many = (await client.get(ARTICLES, params={"limit": 1000})).json()  # RealWorld: no maximum
+    assert (len(many["articles"]), many["articlesCount"]) == (4, 4)
+    assert_errors(
+        await client.get(ARTICLES, params={"offset": -1}), 422, {"offset": ["is invalid"]}
+    )
+
+
+async def test_comments(client: httpx.AsyncClient) -> None:
+    jake = await conduit_register(client, "jake")
+    anna = await conduit_register(client, "anna")
+    eve = await conduit_register(client, "eve")
+    first = await create_article(client, jake, "First")
+    other = await create_article(client, jake, "Other")
+    url = f"{ARTICLES}/{first['slug']}/comments"
+    created = await client.post(
+        url, json={"comment": {"body": "Nice"}}, headers=token(anna["token"])
+    )
+    assert created.status_code == 201, created.text
+    comment = created.json()["comment"]
+    assert comment["body"] == "Nice"
+    assert comment["author"] == {"username": "anna", "bio": None, "image": None, "following": False}
+    # Not on this article, not the author (nor the article's), no token.
+    assert_errors(
+        await client.delete(
+            f"{ARTICLES}/{other['slug']}/comments/{comment['id']}", headers=token(anna["token"])
+        ),
+        404,
+        {"comment": ["not found"]},
+    )
+    assert_errors(
+        await client.delete(f"{url}/{comment['id']}", headers=token(eve["token"])),
+        403,
+        {"comment": ["forbidden"]},
+    )
+    assert_errors(await client.delete(f"{url}/{comment['id']}"), 401, {"token": ["is missing"]})
+    assert_errors(
+        await client.post(url, json={"comment": {"body": "  "}}, headers=token(eve["token"])),
+        422,
+        {"body": ["can't be blank"]},
+    )
+    # A reply made on /api is listed; its parent, deleted, is not (a tombstone there).
+    post_id = (await client.get(f"/api/posts/by-slug/{first['slug']}")).json()["id"]
+    reply = await client.post(
+        f"/api/posts/{post_id}/comments",
+        json={"body": "Agreed", "parent_id": comment["id"]},
+        headers=bearer(jake["token"]),
+    )
+    assert reply.status_code == 201, reply.text
+    # The article's author may delete others' comments, as on /api.
+    deleted = await client.delete(f"{url}/{comment['id']}", headers=token(jake["token"]))
+    assert deleted.status_code == 204
+    listed = (await client.get(url)).json()["comments"]
+    assert [(c["body"], c["author"]["username"]) for c in listed] == [("Agreed", "jake")]
+
+
+async def test_profiles_and_follows_are_apis(client: httpx.AsyncClient) -> None:
+    jake = await conduit_register(client, "jake")
+    anna = await register(client, "anna", bio="Writes")
+    follow = await client.post(f"{PROFILES}/anna/follow", headers=token(jake["token"]))
+    assert follow.status_code == 200, follow.text
+    assert follow.json() == {
+        "profile": {"username": "anna", "bio": "Writes", "image": None, "following": True}
+    }
+    native = (await client.get("/api/profiles/anna", headers=bearer(jake["token"]))).json()
+    assert (native["following"], native["followers"]) == (True, 1)
+    seen = (await client.get(f"{PROFILES}/anna", headers=token(jake["token"]))).json()
+    assert seen["profile"]["following"] is True
+    assert (await client.get(f"{PROFILES}/anna")).json()["profile"]["following"] is False
+    assert_errors(
+        await client.post(f"{PROFILES}/jake/follow", headers=token(jake["token"])),
+        422,
+        {"profile": ["is yourself: you cannot follow yourself"]},
+    )
+    unfollowed = await client.delete(f"{PROFILES}/anna/follow", headers=token(jake["token"]))
+    assert unfollowed.json()["profile"]["following"] is False
+    assert_errors(await client.get(f"{PROFILES}/nobody"), 404, {"profile": ["not found"]})
+    await client.patch(
+        "/api/users/me", json={"image": "https://images.example.com/a.jpg"}, headers=anna.headers
+    )
+    pictured = (await client.get(f"{PROFILES}/anna")).json()["profile"]
+    assert pictured["image"] == "https://images.example.com/a.jpg"
+
+
+async def test_the_feed_pages_by_offset_and_follows_the_follows(client: httpx.AsyncClient) -> None:
+    jake = await conduit_register(client, "jake")
+    anna = await conduit_register(client, "anna")
+    eve = await conduit_register(client, "eve")
+    feed_url = f"{ARTICLES}/feed"
+
+    async def feed(**params: Any) -> tuple[list[str], int]:
+        response = await client.get(feed_url, params=params, headers=token(jake["token"]))
+        assert response.status_code == 200, response.text
+        return [a["slug"] for a in response.json()["articles"]], response.json()["articlesCount"]
+
+    await create_article(client, anna, "A1")
+    await create_article(client, eve, "E1")
+    assert await feed() == ([], 0)
+    await client.post(f"{PROFILES}/anna/follow", headers=token(jake["token"]))
+    assert await feed() == (["a1"], 1)
+    await create_article(client, anna, "A2")
+    assert await feed() == (["a2", "a1"], 2)
+    assert await feed(limit=1, offset=1) == (["a1"], 2)
+    await client.post(f"{ARTICLES}/a2/favorite", headers=token(jake["token"]))
+    first = (await client.get(feed_url, headers=token(jake["token"]))).json()["articles"][0]
+    assert (first["favorited"], first["favoritesCount"], first["author"]["following"]) == (
+        True,
+        1,
+        True,
+    )
+    await client.delete(f"{ARTICLES}/a2", headers=token(anna["token"]))
+    assert await feed() == (["a1"], 1)
+    await client.delete(f"{PROFILES}/anna/follow", headers=token(jake["token"]))
+    assert await feed() == ([], 0)
+    assert_errors(await client.get(feed_url), 401, {"token": ["is missing"]})
+
+
+async def test_user_image_is_kept_https_only(client: httpx.AsyncClient) -> None:
+    jake = await conduit_register(client)
+    headers = token(jake["token"])
+    image = "https://images.example.com/jake.jpg"
+    updated = await client.put(USER, json={"user": {"image": image}}, headers=headers)
+    assert updated.json()["user"]["image"] == image
+    me = (await client.get("/api/users/me", headers=bearer(jake["token"]))).json()
+    assert me["image"] == image
+    assert_errors(
+        await client.put(USER, json={"user": {"image": "http://x.example/a.jpg"}}, headers=headers),
+        422,
+        {"image": ["is invalid (an https URL)"]},
+    )
+    cleared = await client.put(USER, json={"user": {"image": ""}}, headers=headers)
+    assert cleared.json()["user"]["image"] is None
+
+
+# Every operation of RealWorld's openapi.yml, as (method, path, operationId).
+REALWORLD_OPERATIONS = {
+    ("post", "/api/users/login", "Login"),
+    ("post", "/api/users", "CreateUser"),
+    ("get", "/api/user", "GetCurrentUser"),
+    ("put", "/api/user", "UpdateCurrentUser"),
+    ("get", "/api/profiles/{username}", "GetProfileByUsername"),
+    ("post", "/api/profiles/{username}/follow", "FollowUserByUsername"),
+    ("delete", "/api/profiles/{username}/follow", "UnfollowUserByUsername"),
+    ("get", "/api/articles/feed", "GetArticlesFeed"),
+    ("get", "/api/articles", "GetArticles"),
+    ("post", "/api/articles", "CreateArticle"),
+    ("get", "/api/articles/{slug}", "GetArticle"),
+    ("put", "/api/articles/{slug}", "UpdateArticle"),
+    ("delete", "/api/articles/{slug}", "DeleteArticle"),
+    ("get", "/api/articles/{slug}/comments", "GetArticleComments"),
+    ("post", "/api/articles/{slug}/comments", "CreateArticleComment"),
+    ("delete", "/api/articles/{slug}/comments/{id}", "DeleteArticleComment"),
+    ("post", "/api/articles/{slug}/favorite", "CreateArticleFavorite"),
+    ("delete", "/api/articles/{slug}/favorite", "DeleteArticleFavorite"),
+    ("get", "/api/tags", "GetTags"),
+}
+
+
+async def test_the_conduit_document_has_every_realworld_operation(
+    client: httpx.AsyncClient,
+) -> None:
+    document = (await client.get("/conduit/openapi.json")).json()
+    operations = {
+        (method, path, operation["operationId"])
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+    }
+    assert operations == REALWORLD_OPERATIONS
+    listed = document["components"]["schemas"]["ArticleListItem"]["properties"]
+    assert "body" not in listed
+    assert "body" in document["components"]["schemas"]["Article"]["properties"]
+    paths = document["paths"]
+    optional: list[dict[str, list[str]]] = [{}, {"Token": []}]
+    assert paths["/api/articles"]["get"]["security"] == optional
+    assert paths["/api/articles/{slug}"]["get"]["security"] == optional
+    assert paths["/api/profiles/{username}"]["get"]["security"] == optional
+    assert paths["/api/articles"]["post"]["security"] == [{"Token": []}]
+    assert paths["/api/articles/feed"]["get"]["security"] == [{"Token": []}]
+
+
+async def test_any_slug_is_answered_in_conduits_shape(client: httpx.AsyncClient) -> None:
+    for slug in ("a%0Ab", "%C2%BD%16", "x" * 100):
+        response = await client.get(f"{ARTICLES}/{slug}")
+        assert_errors(response, 404, {"article": ["not found"]})
+
+
+async def test_an_article_titled_feed_does_not_hide_behind_the_feed(
+    client: httpx.AsyncClient,
+) -> None:
+    jake = await conduit_register(client)
+    article = await create_article(client, jake, "Feed")
+    assert article["slug"] == "feed-2"
+    found = await client.get(f"{ARTICLES}/feed-2")
+    assert found.json()["article"]["title"] == "Feed"
+
+
+async def test_a_trailing_slash_is_served_not_redirected(client: httpx.AsyncClient) -> None:
+    jake = await conduit_register(client)
+    payload = {"article": {"title": "Slash", "description": "d", "body": "b"}}
+    created = await client.post(f"{ARTICLES}/", json=payload, headers=token(jake["token"]))
+    assert created.status_code == 201, created.text
+    listed = await client.get(f"{ARTICLES}/")
+    assert listed.json()["articlesCount"] == 1

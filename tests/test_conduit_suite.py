@@ -49,21 +49,6 @@ FOLDERS = (
     "errors-profiles",
     "errors-authorization",
 )
-# Folders that need what the Conduit layer does not serve yet, and why.
-NOT_YET = {
-    "auth": "needs a user image (`users.image`)",
-    "articles": "needs articles (post slugs and summaries)",
-    "comments": "needs comments and articles",
-    "favorites": "needs articles",
-    "feed": "needs follows, the feed and articles",
-    "pagination": "needs articles",
-    "profiles": "needs profiles and follows",
-    "tags": "needs articles (creating and deleting one around the tag list)",
-    "errors-articles": "needs articles",
-    "errors-comments": "needs comments and articles",
-    "errors-profiles": "needs profiles and follows",
-    "errors-authorization": "needs articles and comments",
-}
 
 
 def skip_or_fail(message: str) -> NoReturn:
@@ -157,21 +142,8 @@ def failures(report: Any) -> list[str]:
     return lines
 
 
-def _params() -> list[Any]:
-    return [
-        pytest.param(
-            folder,
-            id=folder,
-            marks=[pytest.mark.xfail(reason=NOT_YET[folder], strict=False)]
-            if folder in NOT_YET
-            else [],
-        )
-        for folder in FOLDERS
-    ]
-
-
 @pytest.mark.timeout(TEST_TIMEOUT_S)
-@pytest.mark.parametrize("folder", _params())
+@pytest.mark.parametrize("folder", FOLDERS)
 def test_realworld_folder(
     folder: str,
     collection: Path,

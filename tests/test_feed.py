@@ -216,3 +216,16 @@ async def test_services_answer_models_too(client: httpx.AsyncClient, app: FastAP
     listed = await comments.list_page(backends, post_id=post["id"], query=query, viewer=None)
     assert [c.body for c in listed.items] == ["hi"]
     assert listed.next_cursor is None
+
+
+async def test_a_full_page_shows_the_new_post_that_shifted_it(client: httpx.AsyncClient) -> None:
+    """The page's items change while every generation it depends on stays 0."""
+    anna = await register(client, "anna")
+    jake = await register(client, "jake")
+    await client.put("/api/profiles/anna/follow", headers=jake.headers)
+    first = await create_post(client, anna, title="One")
+    page = (await client.get("/api/feed", params={"limit": 1}, headers=jake.headers)).json()
+    assert [p["id"] for p in page["items"]] == [first["id"]]
+    second = await create_post(client, anna, title="Two")
+    page = (await client.get("/api/feed", params={"limit": 1}, headers=jake.headers)).json()
+    assert [p["id"] for p in page["items"]] == [second["id"]]

@@ -16,10 +16,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.conduit.schemas import BLANK, BLANK_MESSAGE
 from app.errors import (
     AppError,
+    CannotDeleteComment,
+    CannotFollowYourself,
+    CommentNotFound,
+    EmailNotVerified,
     EmailTaken,
     InvalidCredentials,
+    NotCommentAuthor,
     NotPostAuthor,
     PostNotFound,
+    ProfileNotFound,
     TokenExpired,
     Unauthorized,
     UsernameTaken,
@@ -49,6 +55,12 @@ FIELD_MESSAGES: Mapping[type[AppError], tuple[str, str]] = {
     PostNotFound: ("article", "not found"),
     UserNotFound: ("profile", "not found"),
     NotPostAuthor: ("article", "forbidden"),
+    ProfileNotFound: ("profile", "not found"),
+    CannotFollowYourself: ("profile", "is yourself: you cannot follow yourself"),
+    CommentNotFound: ("comment", "not found"),
+    NotCommentAuthor: ("comment", "forbidden"),
+    CannotDeleteComment: ("comment", "forbidden"),
+    EmailNotVerified: ("email", "must be verified before publishing"),
 }
 # Whatever else, by status.
 STATUS_MESSAGES: Mapping[int, tuple[str, str]] = {
@@ -59,6 +71,8 @@ STATUS_MESSAGES: Mapping[int, tuple[str, str]] = {
 # A hint for a value that breaks a field's pattern, where "is invalid" alone would not help.
 PATTERN_HINTS: Mapping[str, str] = {
     "username": "is invalid (3 to 32 characters: a-z, 0-9 and _)",
+    "image": "is invalid (an https URL)",
+    "tagList": "is invalid (1 to 32 characters each: letters, digits, - and _)",
 }
 # The body's wrappers (`{"user": {...}}`): errors are named by the field inside them.
 WRAPPERS = frozenset({"body", "user", "article", "comment"})
@@ -100,12 +114,18 @@ def _field(loc: Iterable[Any]) -> str:
 
 def _message(field: str, error: Mapping[str, Any]) -> str:
     kind, value, ctx = error.get("type", ""), error.get("input"), error.get("ctx") or {}
-    if kind in ("missing", BLANK) or value is None or value == "":
+    if (
+        kind in ("missing", BLANK)
+        or value is None
+        or (isinstance(value, str) and not value.strip())
+    ):
         return BLANK_MESSAGE
     if kind == "string_too_short":
         return f"is too short (minimum is {ctx.get('min_length')} characters)"
     if kind == "string_too_long":
         return f"is too long (maximum is {ctx.get('max_length')} characters)"
+    if kind == "too_long":
+        return f"is too long (maximum is {ctx.get('max_length')} items)"
     if kind == "string_pattern_mismatch":
         return PATTERN_HINTS.get(field, "is invalid")
     if kind == "json_invalid":

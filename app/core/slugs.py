@@ -7,6 +7,9 @@ import unicodedata
 
 SLUG_BASE_LENGTH = 80  # leaves room in the 100-character column for a suffix
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
+# Slugs a post never gets as they are (a suffix is added): `/conduit/api/articles/feed` is the
+# RealWorld feed, not an article.
+RESERVED = frozenset({"feed"})
 
 
 def slug_base(title: str) -> str:

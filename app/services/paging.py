@@ -92,7 +92,11 @@ async def cached_page(
     else:
         page = await load_members()
         await cache.write(lookup, page.dump())
-    lookup = await cache.read(rendered(page))
+    # Which items (and the next cursor) are in the name: their generations alone can be equal
+    # for other items (a new post shifts a full page; every generation is still 0).
+    slot = rendered(page)
+    digest = hashlib.blake2b(page.dump(), digest_size=12).hexdigest()
+    lookup = await cache.read(Slot(slot.generations, f"{slot.name}:{digest}"))
     if lookup.value is not None:
         return lookup.value
     body = await render(page)

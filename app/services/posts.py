@@ -88,6 +88,17 @@ async def get_visible(db: AsyncSession, *, post_id: int, viewer: Viewer | None) 
     return post
 
 
+async def get_visible_by_slug(db: AsyncSession, *, slug: str, viewer: Viewer | None) -> Post:
+    """As `get_visible`, the post found by its slug."""
+    stmt = _with_relations(select(Post).where(Post.slug == slug))
+    if (visible := _visible_to(viewer)) is not None:
+        stmt = stmt.where(visible)
+    post = await db.scalar(stmt)
+    if post is None:
+        raise PostNotFound
+    return post
+
+
 def ensure_can_edit(post: Post, user: Viewer) -> Post:
     if post.author_id != user.id and not user.is_admin:
         raise NotPostAuthor
@@ -124,18 +135,22 @@ async def read_json(backends: Backends, *, post_id: int, viewer: Viewer | None) 
 
 async def read_json_by_slug(backends: Backends, *, slug: str, viewer: Viewer | None) -> bytes:
     """As `read_json`, the post found by its slug (which never changes, so it is cached)."""
+    return await read_json(backends, post_id=await id_by_slug(backends, slug), viewer=viewer)
+
+
+async def id_by_slug(backends: Backends, slug: str) -> int:
+    """The id of the post with this slug (cached: a slug never moves to another post), whoever
+    may see it; `PostNotFound` when there is none."""
     cache = backends.stores.cache
     lookup = await cache.read(slug_slot(slug))
     if lookup.value is not None:
-        post_id = int(lookup.value)
-    else:
-        async with backends.read_sessions() as db:
-            found = await db.scalar(select(Post.id).where(Post.slug == slug))
-        if found is None:
-            raise PostNotFound
-        post_id = found
-        await cache.write(lookup, str(post_id).encode())
-    return await read_json(backends, post_id=post_id, viewer=viewer)
+        return int(lookup.value)
+    async with backends.read_sessions() as db:
+        post_id = await db.scalar(select(Post.id).where(Post.slug == slug))
+    if post_id is None:
+        raise PostNotFound
+    await cache.write(lookup, str(post_id).encode())
+    return post_id
 
 
 async def list_json(backends: Backends, *, query: PostQuery, viewer: Viewer | None) -> bytes:
@@ -196,7 +211,7 @@ async def _free_slug(db: AsyncSession, title: str) -> str:
             )
         )
     )
-    if base not in taken:
+    if base not in taken and base not in slugs.RESERVED:
         return base
     n = 2
     while slugs.with_suffix(base, n) in taken:

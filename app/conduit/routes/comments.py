@@ -67,7 +67,7 @@ async def list_comments(
 async def create_comment(
     user: CurrentUser, slug: Slug, body: NewCommentBody, db: DbSession, backends: BackendsDep
 ) -> CommentResponse:
-    post = await posts.get_visible_by_slug(db, slug, user)
+    post = await posts.get_visible_by_slug(db, slug=slug, viewer=user)
     created = await comments.create(
         db, backends, post=post, author=user, data=mapping.new_comment(body.comment)
     )

@@ -59,8 +59,26 @@ def skip_or_fail(message: str) -> NoReturn:
 
 
 def suite_dir() -> Path:
+    """REALWORLD_SUITE_DIR, else `../shared/realworld` beside this checkout, else beside the
+    repository this one was cloned from when that is a local folder (a CI clone in a scratch
+    directory of a checkout that sits beside `shared/`)."""
     configured = os.environ.get("REALWORLD_SUITE_DIR")
-    return Path(configured) if configured else ROOT.parent / "shared" / "realworld"
+    if configured:
+        return Path(configured)
+    beside = ROOT.parent / "shared" / "realworld"
+    if beside.is_dir():
+        return beside
+    origin = subprocess.run(  # noqa: S603 - our own fixed arguments
+        ["git", "-C", str(ROOT), "remote", "get-url", "origin"],  # noqa: S607 - git on PATH
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if origin and "://" not in origin and ":" not in origin.split("/")[0]:
+        upstream = Path(origin.removeprefix("file:")).resolve()
+        if (upstream.parent / "shared" / "realworld").is_dir():
+            return upstream.parent / "shared" / "realworld"
+    return beside
 
 
 @pytest.fixture(scope="module")

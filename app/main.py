@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +18,7 @@ from app.config import Settings, get_settings
 from app.core import password_policy
 from app.core.logging import configure_logging
 from app.core.mail import build_mailer
-from app.core.media import LocalMedia
+from app.core.storage import build_media
 from app.database.session import (
     create_engine,
     create_read_session_factory,
@@ -35,6 +37,7 @@ from app.routes import (
     tokens,
     users,
 )
+from app.services import images as image_service
 from app.services import users as user_service
 from app.services.backends import Backends
 from app.services.security import Security
@@ -77,7 +80,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.read_session_factory = create_read_session_factory(engine, settings)
     app.state.security = Security.from_settings(settings)
     stores = app.state.stores = Stores.from_settings(settings)
-    media = LocalMedia(settings)
+    media = build_media(settings)
     jobs = JobContext(settings, app.state.session_factory, stores, media, build_mailer(settings))
     runner = build_runner(settings, jobs)
     # The outbox relay polls on a connection of its own, apart from the requests' pool.
@@ -97,14 +100,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await _requeue_pending_images(jobs, runner)
     outbox.start()
+    deletions = asyncio.create_task(
+        image_service.retry_deletions_forever(settings, app.state.session_factory, media)
+    )
     password_policy.common_passwords()  # read the list now, not in the first request
     await _create_first_admin(settings, app.state.session_factory, app.state.security)
     try:
         yield
     finally:
+        deletions.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await deletions
         await outbox.close()
         await runner.drain()
         await stores.close()
+        await media.close()
         await relay_engine.dispose()
         await engine.dispose()
 

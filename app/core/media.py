@@ -46,6 +46,12 @@ _EXPIRES = re.compile(r"[0-9]{1,12}")
 SIGNED_URL_STEP_SECONDS = 60
 
 
+class StorageUnavailable(ConnectionError):
+    """The media storage (a bucket) could not be reached or answered with a passing error: a
+    job tries again later, an upload answers 503. A ConnectionError, so fault classification
+    (app/core/faults.py) counts it as passing."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredFile:
     """A processed file to serve: where it is on this machine, and its size and times."""
@@ -69,6 +75,11 @@ class MediaStorage(Protocol):
     def variants(self, key: str) -> AbstractAsyncContextManager[Path]:
         """A local directory to write `key`'s processed files into; stored under `key` when the
         block ends without an error."""
+
+    async def set_public(self, keys: list[str], public: bool) -> None:
+        """Let anyone read these keys' processed files at their public URLs (a published
+        post's), or only through signed URLs (a draft's). Local files: nothing to do, serving
+        asks the database."""
 
     async def discard_upload(self, key: str) -> None:
         """Remove `key`'s raw upload once its files are processed; a missing one is no error."""
@@ -94,6 +105,9 @@ class MediaStorage(Protocol):
         self, key: str, filename: str, expires: str, signature: str, *, now: float | None = None
     ) -> int | None:
         """How long a signed URL is still good for; None when it is wrong or has expired."""
+
+    async def close(self) -> None:
+        """Release what the storage holds (connections) at shutdown."""
 
 
 class LocalMedia:
@@ -122,7 +136,7 @@ class LocalMedia:
 
     def url(self, key: str, filename: str) -> str:
         """The public URL of a published post's file."""
-        return f"{self._url}/{_object_name(key, filename)}"
+        return f"{self._url}/{object_name(key, filename)}"
 
     def signed_url(self, key: str, filename: str, *, now: float | None = None) -> str:
         """A URL of a draft's file that works for a limited time, for whoever holds it."""
@@ -144,6 +158,12 @@ class LocalMedia:
             return None
         left = int(expires) - int(time.time() if now is None else now)
         return left if left > 0 else None
+
+    async def close(self) -> None:
+        return None
+
+    async def set_public(self, keys: list[str], public: bool) -> None:
+        return None
 
     def file(self, key: str, filename: str) -> Path | None:
         """Where a file the worker may have written lives, or None when the names are not such
@@ -196,7 +216,7 @@ class LocalMedia:
         return StoredFile(path, stat)
 
     def _signature(self, key: str, filename: str, expires: int) -> str:
-        message = f"{_object_name(key, filename)}\n{expires}".encode()
+        message = f"{object_name(key, filename)}\n{expires}".encode()
         digest = hmac.new(self._signing_key, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
@@ -213,5 +233,6 @@ def content_type(filename: str) -> str | None:
     return CONTENT_TYPES.get(match["extension"]) if match else None
 
 
-def _object_name(key: str, filename: str) -> str:
+def object_name(key: str, filename: str) -> str:
+    """The name of `key`'s processed file `filename`, relative to MEDIA_URL or the bucket."""
     return f"{IMAGES}/{key}/{filename}"

@@ -3,6 +3,7 @@
 from app.models.auth_session import AuthSession
 from app.models.email_token import EmailToken, TokenPurpose
 from app.models.image import Image, ImageStatus
+from app.models.media_deletion import MediaDeletion
 from app.models.outbox import OutboxJob
 from app.models.post import Post, PostLike, Tag, post_tag
 from app.models.task import Task, TaskState
@@ -13,6 +14,7 @@ __all__ = [
     "EmailToken",
     "Image",
     "ImageStatus",
+    "MediaDeletion",
     "OutboxJob",
     "Post",
     "PostLike",

@@ -24,7 +24,7 @@ from tests.conftest import (
 )
 
 INITIAL_TABLES = {"user", "auth_session", "post", "tag", "post_tag", "post_like"}
-EXPECTED_TABLES = INITIAL_TABLES | {"image", "task", "email_token", "outbox"}
+EXPECTED_TABLES = INITIAL_TABLES | {"image", "task", "email_token", "outbox", "media_deletion"}
 
 
 @pytest.fixture
@@ -59,6 +59,9 @@ async def test_upgrade_downgrade_upgrade_round_trip(scratch: Settings) -> None:
     assert await _tables(scratch) == set()
 
     await asyncio.to_thread(command.upgrade, config, "head")
+    await asyncio.to_thread(command.downgrade, config, "0005_outbox")
+    assert "media_deletion" not in await _tables(scratch)
+    assert "outbox" in await _tables(scratch)
     await asyncio.to_thread(command.downgrade, config, "-1")
     assert "outbox" not in await _tables(scratch)
     await asyncio.to_thread(command.downgrade, config, "-1")

@@ -37,6 +37,7 @@ from tests.factories import Account, create_post, register
 from tests.images import jpeg, wait_until_processed
 from tests.problems import assert_problem
 from tests.s3_server import S3Server
+from tests.services import CeleryWorker
 
 MIB = 1024 * 1024
 PART = 5 * MIB  # the smallest part S3 takes
@@ -48,8 +49,11 @@ def temporaries() -> set[str]:
 
 
 @pytest.fixture
-def s3_settings(settings: Settings, s3_server: S3Server, tmp_path: Path) -> Settings:
-    """Settings of one more host on the bucket: a disk of its own, one-part-past-5-MiB."""
+def s3_settings(
+    settings: Settings, s3_server: S3Server, tmp_path: Path, celery_worker: CeleryWorker | None
+) -> Settings:
+    """Settings of one more host on the bucket: a disk of its own, parts of 5 MiB. In services
+    mode its jobs go to the run's worker (a process with a disk of its own too)."""
     return settings_like(
         settings,
         **s3_server.settings(TEST_BUCKET),

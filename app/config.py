@@ -169,6 +169,10 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = None
     # Uploads past this size go to the bucket as a multipart upload, one part at a time.
     s3_multipart_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    # Set each object's canned ACL when its post is (un)published: `public-read` or `private`.
+    # Off for servers without ACLs (MinIO) or buckets with ACLs disabled: the bucket's policy or
+    # the CDN then decides who reads, and drafts rely on their unguessable keys.
+    s3_object_acl: bool = True
     # Published media's base URL (a CDN in front of the bucket); unset, the bucket's own URL.
     media_public_url: str | None = None
     # How often a failed deletion of media files is tried again.

@@ -49,6 +49,7 @@ TEMP_PREFIX = "inkwell-media-"
 READ_CHUNK_BYTES = 1024 * 1024
 # Error codes of an S3 server that mean "not now" rather than "never".
 _PASSING_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503"}
+_PASSING_STATUSES = {500, 502, 503, 504}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
@@ -141,6 +142,8 @@ class S3Media:
     async def set_public(self, keys: list[str], public: bool) -> None:
         """A published post's objects readable by anyone (canned ACL `public-read`), a draft's
         only through presigned URLs (`private`)."""
+        if not self._settings.s3_object_acl:
+            return
         acl: Any = "public-read" if public else "private"
         with _translated():
             async with self._client() as s3:
@@ -200,9 +203,9 @@ class S3Media:
         return self._session.create_client(
             "s3",
             region_name=self._region,
-            endpoint_url=settings.s3_endpoint_url,
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=secret.get_secret_value() if secret else None,
+            endpoint_url=settings.s3_endpoint_url or None,
+            aws_access_key_id=settings.s3_access_key_id or None,
+            aws_secret_access_key=(secret.get_secret_value() or None) if secret else None,
             config=AioConfig(
                 signature_version="s3v4",
                 connect_timeout=5,
@@ -220,9 +223,9 @@ class S3Media:
         return botocore.session.get_session().create_client(
             "s3",
             region_name=self._region,
-            endpoint_url=settings.s3_endpoint_url,
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=secret.get_secret_value() if secret else None,
+            endpoint_url=settings.s3_endpoint_url or None,
+            aws_access_key_id=settings.s3_access_key_id or None,
+            aws_secret_access_key=(secret.get_secret_value() or None) if secret else None,
             config=Config(
                 signature_version="s3v4",
                 s3={"addressing_style": "path"} if settings.s3_endpoint_url else None,
@@ -315,7 +318,7 @@ def _translated() -> Iterator[None]:
     try:
         yield
     except ClientError as exc:
-        if _status(exc) >= 500 or _code(exc) in _PASSING_CODES:
+        if _status(exc) in _PASSING_STATUSES or _code(exc) in _PASSING_CODES:
             raise StorageUnavailable(f"the bucket answered {_code(exc)}") from exc
         raise
     except (BotoCoreError, aiohttp.ClientError, ConnectionError, TimeoutError) as exc:

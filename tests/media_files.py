@@ -73,3 +73,23 @@ async def get(client: httpx.AsyncClient, url: str, **kwargs: Any) -> httpx.Respo
         async with httpx.AsyncClient() as outside:
             return await outside.get(url, **kwargs)
     return await client.get(url, **kwargs)
+
+
+def base_url(settings: Settings) -> str:
+    """Where published media's URLs start: MEDIA_URL, or MEDIA_PUBLIC_URL or the bucket's."""
+    if settings.s3_bucket:
+        if settings.media_public_url:
+            return settings.media_public_url.rstrip("/")
+        return f"{(settings.s3_endpoint_url or '').rstrip('/')}/{settings.s3_bucket}"
+    return settings.media_url.rstrip("/")
+
+
+def storage_key(url: str) -> str:
+    """The key in a media URL (`.../images/<key>/<file>`, with or without a signature)."""
+    return url.split("?", 1)[0].rsplit("/", 2)[-2]
+
+
+async def refused(client: httpx.AsyncClient, url: str) -> bool:
+    """Whether a media URL is refused: 404 from the API; 403 or 404 from a bucket."""
+    status = (await get(client, url)).status_code
+    return status == 404 or (status == 403 and url.startswith(("http://", "https://")))

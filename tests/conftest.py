@@ -321,14 +321,15 @@ async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     app: FastAPI | None = request.getfixturevalue("app") if uses_app else None
     server: RedisServer | None = request.getfixturevalue("redis_server") if uses_app else None
     worker: CeleryWorker | None = request.getfixturevalue("celery_worker") if uses_app else None
+    s3: S3Server | None = request.getfixturevalue("s3_server") if uses_app and S3_MEDIA else None
     yield
     if app is None:
         return
     if worker is not None and (worker.process is None or worker.process.poll() is not None):
         worker.start()  # a test stopped it, or it died
     await app.state.backends.runner.drain()  # background jobs of this test finish first
-    if S3_MEDIA:
-        request.getfixturevalue("s3_server").restore()  # a test cut the bucket off
+    if s3 is not None:
+        s3.restore()  # a test cut the bucket off
     if server is not None:
         if server.process is None:  # a test stopped it
             server.start()

@@ -483,9 +483,13 @@ async def _finish(
             await remove_files(db, media, [image.storage_key])
         logger.info("image deleted while it was processed", extra={"image_id": image.id})
         return result
-    if failure is None:
-        await media.discard_upload(image.storage_key)
+    # The post's cached answers first: whoever sees the image ready sees it in the post too.
     await cache.bump(*post_generations(image.post_id))
+    if failure is None:
+        try:
+            await media.discard_upload(image.storage_key)
+        except Exception:  # a raw upload left over, never served: the image is ready anyway
+            logger.warning("raw upload not discarded", extra={"image_id": image.id})
     if failure:
         logger.warning(
             "image failed",

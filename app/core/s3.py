@@ -15,13 +15,15 @@ whatever happened. A bucket that cannot be reached raises StorageUnavailable (a 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +66,15 @@ class S3Media:
         self._part_bytes = settings.s3_multipart_bytes
         self._region = settings.s3_region or "us-east-1"
         self._session = get_session()
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncExitStack] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._client_of: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, S3Client] = (
+            weakref.WeakKeyDictionary()
+        )
         base = settings.media_public_url or _bucket_url(settings, self._region)
         self._public = base.rstrip("/")
         # A cached answer may be served up to CACHE_TTL_SECONDS after it was built: its signed
@@ -187,7 +198,14 @@ class S3Media:
         return True
 
     async def close(self) -> None:
-        return None  # a client per operation: nothing held between them
+        """Close this event loop's client (and forget those of loops that are gone)."""
+        loop = asyncio.get_running_loop()
+        held = self._clients.pop(loop, None)
+        self._client_of.pop(loop, None)
+        for gone in [other for other in self._clients if other.is_closed()]:
+            del self._clients[gone]
+        if held is not None:
+            await held.aclose()
 
     async def ping(self) -> None:
         """Raise StorageUnavailable unless the bucket answers."""
@@ -197,7 +215,20 @@ class S3Media:
 
     # --- Helpers ----------------------------------------------------------------------------------
 
-    def _client(self) -> Any:
+    @asynccontextmanager
+    async def _client(self) -> AsyncIterator[S3Client]:
+        """This event loop's client, made on first use and kept (its connection pool too):
+        making one reads the service's model, far too slow to do for each operation."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._client_of:
+            async with self._locks.setdefault(loop, asyncio.Lock()):
+                if loop not in self._client_of:
+                    stack = AsyncExitStack()
+                    made: S3Client = await stack.enter_async_context(self._new_client())
+                    self._clients[loop], self._client_of[loop] = stack, made
+        yield self._client_of[loop]
+
+    def _new_client(self) -> Any:
         settings = self._settings
         secret = settings.s3_secret_access_key
         return self._session.create_client(
@@ -211,6 +242,7 @@ class S3Media:
                 connect_timeout=5,
                 read_timeout=30,
                 retries={"max_attempts": 2, "mode": "standard"},
+                max_pool_connections=50,
                 s3={"addressing_style": "path"} if settings.s3_endpoint_url else None,
             ),
         )

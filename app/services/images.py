@@ -243,6 +243,8 @@ async def retry_deletions(
                 .where(MediaDeletion.next_attempt_at <= utcnow())
                 .order_by(MediaDeletion.next_attempt_at)
                 .limit(limit)
+                # Every API process runs this loop: each row is taken by one of them at a time.
+                .with_for_update(skip_locked=True)
             )
         )
         done = 0

@@ -1,7 +1,8 @@
 """Where media live, behind one Protocol (`MediaStorage`): the raw uploads, and the processed
 files of each image under its random key. `LocalMedia` keeps them in a directory served at
-MEDIA_URL (default `/media`), shared by the API and the workers (a volume); object storage is
-another class with the same methods, its signed URLs being the bucket's presigned ones. Pillow
+MEDIA_URL (default `/media`), shared by the API and the workers (a volume); `S3Media`
+(app/core/s3.py) keeps them in a bucket instead, its signed URLs being the bucket's presigned
+ones; `build_media` (app/core/storage.py) picks one. Pillow
 works on local files: storage hands the worker the original as a local file and takes the
 variants from a local directory.
 

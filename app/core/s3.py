@@ -55,6 +55,21 @@ _PASSING_STATUSES = {500, 502, 503, 504}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
+# One botocore session for the process: it caches the S3 service's model and the endpoint rules,
+# which take a while to read (megabytes of JSON). `preload` reads them at start-up, in a worker's
+# main process before it forks its pool, so that no job spends its time limit on them.
+_SESSION = get_session()
+
+
+def preload() -> None:
+    """Read what making a client needs (the S3 model, the endpoint rules) into the session."""
+    loader = _SESSION.get_component("data_loader")
+    loader.load_service_model("s3", "service-2")
+    loader.load_service_model("s3", "endpoint-rule-set-1")
+    loader.load_data("partitions")
+    _SESSION._get_internal_component("endpoint_resolver")  # type: ignore[attr-defined]
+
+
 class S3Media:
     """Media in a bucket; see the module's docstring."""
 
@@ -65,7 +80,8 @@ class S3Media:
         self._settings = settings
         self._part_bytes = settings.s3_multipart_bytes
         self._region = settings.s3_region or "us-east-1"
-        self._session = get_session()
+        self._session = _SESSION
+        preload()
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncExitStack] = (
             weakref.WeakKeyDictionary()
         )

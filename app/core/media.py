@@ -73,9 +73,9 @@ class MediaStorage(Protocol):
         """`key`'s raw upload as a local file for the length of the block, for processing
         (FileNotFoundError when there is none)."""
 
-    def variants(self, key: str) -> AbstractAsyncContextManager[Path]:
+    def variants(self, key: str, *, public: bool = False) -> AbstractAsyncContextManager[Path]:
         """A local directory to write `key`'s processed files into; stored under `key` when the
-        block ends without an error."""
+        block ends without an error, readable by anyone if `public` (see `set_public`)."""
 
     async def set_public(self, keys: list[str], public: bool) -> None:
         """Let anyone read these keys' processed files at their public URLs (a published
@@ -187,7 +187,7 @@ class LocalMedia:
         yield path
 
     @asynccontextmanager
-    async def variants(self, key: str) -> AsyncIterator[Path]:
+    async def variants(self, key: str, *, public: bool = False) -> AsyncIterator[Path]:
         # Written in place, each file atomically (imaging writes a temporary name, then renames).
         yield self.image_dir(key)
 

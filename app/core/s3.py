@@ -150,7 +150,7 @@ class S3Media:
             await anyio.to_thread.run_sync(shutil.rmtree, directory, True)
 
     @asynccontextmanager
-    async def variants(self, key: str) -> AsyncIterator[Path]:
+    async def variants(self, key: str, *, public: bool = False) -> AsyncIterator[Path]:
         directory = await anyio.to_thread.run_sync(_temporary_dir)
         try:
             yield directory
@@ -162,6 +162,8 @@ class S3Media:
                         if type_ is None:  # not a finished file of the worker's
                             continue
                         extra = {"ContentType": type_, "CacheControl": PUBLIC_CACHE}
+                        if public and self._settings.s3_object_acl:
+                            extra["ACL"] = "public-read"
                         await self._put_file(s3, object_name(key, path.name), path, extra=extra)
         finally:
             await anyio.to_thread.run_sync(shutil.rmtree, directory, True)

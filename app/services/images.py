@@ -409,14 +409,15 @@ async def _process(
             checked = await anyio.to_thread.run_sync(imaging.probe, source, image.format)
             if checked.width * checked.height > settings.max_image_pixels:
                 return await finish(Failure.TOO_MANY_PIXELS)
-            async with media.variants(image.storage_key) as out_dir:
+            published = await _published(sessions, image.post_id)
+            async with media.variants(image.storage_key, public=published) as out_dir:
                 variants = await anyio.to_thread.run_sync(
                     imaging.process, source, image.format, out_dir
                 )
-        # Read after the files are stored: a publish committed later lists them itself.
-        async with sessions() as db:
-            published = await db.scalar(select(Post.published).where(Post.id == image.post_id))
-        await media.set_public([image.storage_key], bool(published))
+        # Read again once the files are stored: a publish (or unpublish) committed meanwhile
+        # may have missed them; one committed later finds them itself.
+        if await _published(sessions, image.post_id) != published:
+            await media.set_public([image.storage_key], not published)
     except ImageRejected as exc:
         return await finish(_rejected(exc), str(exc))
     except FileNotFoundError as exc:
@@ -425,6 +426,11 @@ async def _process(
     original = image.variants["original"]
     image.width, image.height = original["width"], original["height"]  # upright now
     return await finish()
+
+
+async def _published(sessions: async_sessionmaker[AsyncSession], post_id: int) -> bool:
+    async with sessions() as db:
+        return bool(await db.scalar(select(Post.published).where(Post.id == post_id)))
 
 
 def _rejected(exc: ImageRejected) -> Failure:

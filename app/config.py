@@ -172,6 +172,24 @@ class Settings(BaseSettings):
     media_signed_url_seconds: int = Field(default=900, ge=10, le=7 * 24 * 3600)
     # The key of those signatures; unset: derived from the JWT secret (or private key).
     media_signing_key: SecretStr | None = None
+    # Media on S3-compatible object storage: setting S3_BUCKET switches media to the bucket,
+    # shared by every API host and worker. S3_ENDPOINT_URL: any S3-compatible server (MinIO,
+    # moto...); unset, AWS. Credentials: these two, or the standard AWS chain when unset.
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    # Uploads past this size go to the bucket as a multipart upload, one part at a time.
+    s3_multipart_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    # Set each object's canned ACL when its post is (un)published: `public-read` or `private`.
+    # Off for servers without ACLs (MinIO) or buckets with ACLs disabled: the bucket's policy or
+    # the CDN then decides who reads, and drafts rely on their unguessable keys.
+    s3_object_acl: bool = True
+    # Published media's base URL (a CDN in front of the bucket); unset, the bucket's own URL.
+    media_public_url: str | None = None
+    # How often a failed deletion of media files is tried again.
+    media_deletion_retry_seconds: float = Field(default=60, gt=0)
 
     # A first administrator, created at start-up when both are set; never a promotion.
     first_admin_email: str | None = None

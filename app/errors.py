@@ -308,6 +308,16 @@ class UnreadableImage(AppError):
     title = "Invalid image"
 
 
+class MediaUnavailable(ServiceUnavailable):
+    """The media storage (the bucket) could not be reached: nothing of the upload was kept."""
+
+    code = "media_unavailable"
+    detail = "Media storage is unavailable for a moment; try again shortly."
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
+
+
 class MediaNotFound(NotFound):
     code = "media_not_found"
     detail = "No such file, or not yours to see."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,8 +20,8 @@ from app.core import password_policy
 from app.core.cursors import Cursors
 from app.core.logging import configure_logging
 from app.core.mail import build_mailer
-from app.core.media import LocalMedia
 from app.core.security import Security
+from app.core.storage import build_media
 from app.database.session import (
     create_engine,
     create_read_session_factory,
@@ -41,6 +43,7 @@ from app.routes import (
     tokens,
     users,
 )
+from app.services import images as image_service
 from app.services import users as user_service
 from app.services.backends import Backends
 from app.stores import Stores
@@ -86,7 +89,7 @@ async def open_backends(
     whose relay the API starts."""
     session_factory = create_session_factory(engine)
     stores = Stores.from_settings(settings)
-    media = LocalMedia(settings)
+    media = build_media(settings)
     jobs = JobContext(settings, session_factory, stores, media, build_mailer(settings))
     runner = build_runner(settings, jobs)
     # The outbox relay polls on a connection of its own, apart from the requests' pool.
@@ -109,6 +112,7 @@ async def open_backends(
         await outbox.close()
         await runner.drain()
         await stores.close()
+        await media.close()
         await relay_engine.dispose()
 
 
@@ -124,9 +128,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.stores = backends.stores
             await _requeue_pending_images(jobs, backends.runner)
             outbox.start()
+            deletions = asyncio.create_task(
+                image_service.retry_deletions_forever(
+                    settings, jobs.session_factory, backends.media
+                )
+            )
             password_policy.common_passwords()  # read the list now, not in the first request
             await _create_first_admin(backends, jobs.session_factory)
-            yield
+            try:
+                yield
+            finally:
+                deletions.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await deletions
     finally:
         await engine.dispose()
 

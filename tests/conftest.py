@@ -1,7 +1,8 @@
 """Fixtures. INKWELL_TEST_MODE chooses what the whole suite runs against:
 
-- `embedded`: a SQLite file and in-process memory for the cache and rate limits;
-- `services`: a fresh PostgreSQL database and a redis-server started for the run.
+- `embedded`: a SQLite file and in-process memory for the cache and rate limits, media on disk;
+- `services`: a fresh PostgreSQL database and a redis-server started for the run, media in a
+  bucket of moto's S3 server started for the run (INKWELL_TEST_S3=0: on disk instead).
 
 The database is migrated with Alembic; one app serves the run; rows, cache entries and rate-limit
 counters are cleared after every test."""
@@ -34,6 +35,7 @@ from app.database.session import create_engine
 from app.main import create_app
 from app.stores import Stores
 from tests.redis_server import RedisServer
+from tests.s3_server import S3Server
 from tests.services import CeleryWorker, SmtpServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,13 +48,20 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Media in a bucket (moto's S3 server) for the whole services run, unless turned off.
+S3_MEDIA = SERVICES and os.environ.get("INKWELL_TEST_S3", "1") != "0"
+TEST_BUCKET = "inkwell-test-media"
 # Short, so a test that kills the worker sees its task delivered again within seconds.
 WORKER_VISIBILITY_TIMEOUT_S = 8
 
 
 def pytest_report_header() -> str:
     stores = "redis" if SERVICES else "memory"
-    return f"inkwell test mode: {MODE} (database {BACKEND}, cache and limits in {stores})"
+    media = "an S3 bucket (moto)" if S3_MEDIA else "local files"
+    return (
+        f"inkwell test mode: {MODE} (database {BACKEND}, cache and limits in {stores}, "
+        f"media in {media})"
+    )
 
 
 def alembic_config(settings: Settings) -> Config:
@@ -119,6 +128,11 @@ SHARED_FIELDS = (
     "smtp_port",
     "smtp_from",
     "public_url",
+    "s3_bucket",
+    "s3_endpoint_url",
+    "s3_region",
+    "s3_access_key_id",
+    "s3_secret_access_key",
 )
 
 
@@ -169,6 +183,19 @@ def broker_server() -> Iterator[RedisServer | None]:
 
 
 @pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server for the run, with the run's bucket; started when a test asks for it,
+    and for the whole run in services mode (media in the bucket)."""
+    server = S3Server()
+    server.start()
+    server.create_bucket(TEST_BUCKET)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def smtp_server() -> Iterator[SmtpServer]:
     """The SMTP server every e-mail of the run goes to, in either mode."""
     server = SmtpServer()
@@ -186,8 +213,12 @@ async def settings(
     redis_server: RedisServer | None,
     broker_server: RedisServer | None,
     smtp_server: SmtpServer,
+    request: pytest.FixtureRequest,
 ) -> Settings:
     services: dict[str, object] = {"smtp_host": "127.0.0.1", "smtp_port": smtp_server.port}
+    if S3_MEDIA:
+        s3: S3Server = request.getfixturevalue("s3_server")
+        services |= s3.settings(TEST_BUCKET)
     if redis_server is not None and broker_server is not None:
         services |= {
             "redis_url": redis_server.url,
@@ -205,6 +236,7 @@ SECRET_FIELDS = (
     "db_pass",
     "smtp_password",
     "first_admin_password",
+    "s3_secret_access_key",
 )
 
 
@@ -289,12 +321,15 @@ async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     app: FastAPI | None = request.getfixturevalue("app") if uses_app else None
     server: RedisServer | None = request.getfixturevalue("redis_server") if uses_app else None
     worker: CeleryWorker | None = request.getfixturevalue("celery_worker") if uses_app else None
+    s3: S3Server | None = request.getfixturevalue("s3_server") if uses_app and S3_MEDIA else None
     yield
     if app is None:
         return
     if worker is not None and (worker.process is None or worker.process.poll() is not None):
         worker.start()  # a test stopped it, or it died
     await app.state.backends.runner.drain()  # background jobs of this test finish first
+    if s3 is not None:
+        s3.restore()  # a test cut the bucket off
     if server is not None:
         if server.process is None:  # a test stopped it
             server.start()

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -23,7 +23,7 @@ from app.core import imaging
 from app.main import create_app
 from app.models import Image as ImageRow
 from app.models import ImageStatus
-from tests import images
+from tests import images, media_files
 from tests.conftest import SERVICES
 from tests.factories import Account, create_post, register
 from tests.problems import assert_problem
@@ -42,13 +42,13 @@ OPAQUE = 255
 
 
 def storage_key(image: dict[str, Any]) -> str:
-    """The image's directory name, read from a variant URL (/media/images/<key>/<file>)."""
-    url: str = image["variants"]["original"]["url"]
-    return url.rsplit("/", 2)[-2]
+    """The image's key, read from a variant URL (.../images/<key>/<file>)."""
+    return media_files.storage_key(image["variants"]["original"]["url"])
 
 
-def image_dir(settings: Settings, key: str) -> Path:
-    return settings.media_path / "images" / key
+def stored(settings: Settings, image: dict[str, Any]) -> set[str]:
+    """The names of the image's processed files, wherever media are stored."""
+    return media_files.stored_files(settings, storage_key(image))
 
 
 async def image_count(db: AsyncSession, post_id: int) -> int:
@@ -65,7 +65,7 @@ async def stored_image(db: AsyncSession, image_id: int) -> ImageRow | None:
 
 
 async def fetch(client: httpx.AsyncClient, url: str) -> bytes:
-    response = await client.get(url)
+    response = await media_files.get(client, url)
     assert response.status_code == 200, f"{url}: {response.status_code}"
     return response.content
 
@@ -110,7 +110,7 @@ async def check_variants(
     is left; return them opened."""
     opened = {}
     for name, variant in image["variants"].items():
-        assert variant["url"].startswith("/media/images/")
+        assert urlsplit(variant["url"]).path.split("/")[-3] == "images"  # MEDIA_URL or bucket
         data = await fetch(client, variant["url"])
         im = images.open_image(data)
         assert im.format == ("WEBP" if name in WEBP_VARIANTS else original_format), name
@@ -249,12 +249,12 @@ async def test_each_format_ends_ready_with_webp_variants_and_clean_original(
     assert set(row.variants) == VARIANTS
     key = storage_key(image)
     assert row.storage_key == key
-    files = {path.name for path in images.files_under(image_dir(settings, key))}
+    files = media_files.stored_files(settings, key)
     assert files == {f"original.{format_.lower().replace('jpeg', 'jpg')}"} | {
         f"{name}.webp" for name in WEBP_VARIANTS
     }
     # the raw upload waits in private storage only until it is processed
-    assert not (settings.uploads_path / f"{key}.upload").exists()
+    assert not media_files.upload_stored(settings, key)
 
 
 async def test_variant_sizes_of_a_3000x2000_photo(
@@ -486,12 +486,12 @@ async def test_file_of_exactly_the_limit_is_accepted(
 def nothing_stored(db: AsyncSession, settings: Settings, post: dict[str, Any]) -> Callable[[], Any]:
     """Call before the request; await the result after it to check no row and no file stayed."""
     uploads = images.files_under(settings.uploads_path)
-    media = images.files_under(settings.media_path / "images")
+    media = media_files.all_keys(settings)
 
     async def check() -> None:
         assert await image_count(db, post["id"]) == 0
         assert images.files_under(settings.uploads_path) == uploads
-        assert images.files_under(settings.media_path / "images") == media
+        assert media_files.all_keys(settings) == media
 
     return check
 
@@ -662,7 +662,7 @@ async def test_truncated_jpeg_ends_failed_with_a_reason(
     assert row.failure_reason
     # no half-written variant is served
     for name in WEBP_VARIANTS:
-        assert not (image_dir(settings, row.storage_key) / f"{name}.webp").exists()
+        assert f"{name}.webp" not in media_files.stored_files(settings, row.storage_key)
 
 
 async def test_eleventh_image_on_a_post_is_409(
@@ -766,17 +766,16 @@ async def test_author_deletes_an_image_and_its_files(
     post: dict[str, Any],
 ) -> None:
     image = await ready_image(client, author, post["id"], images.jpeg((800, 600)))
-    directory = image_dir(settings, storage_key(image))
-    assert directory.is_dir()
+    assert stored(settings, image)
     location = f"/api/posts/{post['id']}/images/{image['id']}"
 
     response = await client.delete(location, headers=author.headers)
 
     assert response.status_code == 204
-    assert not directory.exists()
+    assert not stored(settings, image)
     assert await stored_image(db, image["id"]) is None
     assert_problem(await client.get(location), 404)
-    assert (await client.get(image["variants"]["large"]["url"])).status_code == 404
+    assert await media_files.refused(client, image["variants"]["large"]["url"])
     refreshed = await client.get(f"/api/posts/{post['id']}")
     assert refreshed.json()["images"] == []
 
@@ -789,7 +788,7 @@ async def test_other_user_cannot_delete_an_image(
     post: dict[str, Any],
 ) -> None:
     image = await ready_image(client, author, post["id"], images.jpeg((800, 600)))
-    files = images.files_under(image_dir(settings, storage_key(image)))
+    files = stored(settings, image)
     intruder = await register(client)
 
     response = await client.delete(
@@ -797,7 +796,7 @@ async def test_other_user_cannot_delete_an_image(
     )
 
     assert_problem(response, 403)
-    assert images.files_under(image_dir(settings, storage_key(image))) == files
+    assert stored(settings, image) == files
     assert await stored_image(db, image["id"]) is not None
 
 
@@ -810,15 +809,14 @@ async def test_deleting_a_post_removes_its_image_files(
 ) -> None:
     first = await ready_image(client, author, post["id"], images.jpeg((800, 600)))
     second = await ready_image(client, author, post["id"], images.tiny_png(), filename="t.png")
-    directories = [image_dir(settings, storage_key(image)) for image in (first, second)]
-    assert all(directory.is_dir() for directory in directories)
+    assert all(stored(settings, image) for image in (first, second))
 
     response = await client.delete(f"/api/posts/{post['id']}", headers=author.headers)
 
     assert response.status_code == 204
-    assert not any(directory.exists() for directory in directories)
+    assert not any(stored(settings, image) for image in (first, second))
     assert await image_count(db, post["id"]) == 0
-    assert (await client.get(first["variants"]["original"]["url"])).status_code == 404
+    assert await media_files.refused(client, first["variants"]["original"]["url"])
 
 
 async def test_deleting_a_user_removes_their_images_files(
@@ -841,9 +839,9 @@ async def test_deleting_a_user_removes_their_images_files(
 
     assert response.status_code == 204
     for image in mine:
-        assert not image_dir(settings, storage_key(image)).exists()
+        assert not stored(settings, image)
         assert await stored_image(db, image["id"]) is None
-    assert image_dir(settings, storage_key(theirs)).is_dir()
+    assert stored(settings, theirs)
     assert await stored_image(db, theirs["id"]) is not None
 
 
@@ -911,8 +909,8 @@ async def test_media_are_served_with_their_content_type(
 ) -> None:
     image = await ready_image(client, author, post["id"], images.jpeg((800, 600)))
 
-    large = await client.get(image["variants"]["large"]["url"])
-    original = await client.get(image["variants"]["original"]["url"])
+    large = await media_files.get(client, image["variants"]["large"]["url"])
+    original = await media_files.get(client, image["variants"]["original"]["url"])
 
     assert large.headers["content-type"] == "image/webp"
     assert original.headers["content-type"] == "image/jpeg"
@@ -930,12 +928,15 @@ async def test_raw_uploads_are_never_served(
     assert response.status_code == 202, response.text
     row = await stored_image(db, response.json()["id"])
     assert row is not None
-    raw = settings.uploads_path / f"{row.storage_key}.upload"
-    assert raw.is_file()
+    assert media_files.upload_stored(settings, row.storage_key)
+    raw = f"{row.storage_key}.upload"
 
-    for path in (f"/media/../uploads/{raw.name}", f"/media/uploads/{raw.name}",
+    for path in (f"/media/../uploads/{raw}", f"/media/uploads/{raw}",
                  f"/media/images/{row.storage_key}/original.jpg"):  # fmt: skip
         assert (await client.get(path)).status_code == 404, path
+    if settings.s3_bucket:  # nor by the bucket, to anyone
+        base = media_files.base_url(settings)
+        assert await media_files.refused(client, f"{base}/uploads/{raw}")
     held_processing()
     await images.wait_until_processed(client, response.headers["Location"])
 

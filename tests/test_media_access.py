@@ -1,18 +1,23 @@
-"""Who may fetch an image's files: a published post's at public, immutable URLs; a draft's only
-at the short-lived signed URLs its author and administrators are given, and again once the post
-is unpublished, through every cache. Both modes: in-process jobs and memory cache (embedded),
-a Celery worker and Redis (services)."""
+"""Who may fetch an image's files served by the API (local media, `LocalMedia`): a published
+post's at public, immutable URLs; a draft's only at the short-lived signed URLs its author and
+administrators are given, and again once the post is unpublished, through every cache. Both
+modes: in-process jobs and memory cache (embedded), a Celery worker and Redis (services). When
+the services run keeps media in a bucket, this module runs an API of its own with local media
+(in-process jobs, the run's PostgreSQL and Redis); the bucket's side of the same rules is in
+tests/test_s3.py."""
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from fastapi import FastAPI
@@ -20,8 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.core.media import LocalMedia, MediaStorage
+from app.main import create_app
 from tests import images
-from tests.conftest import running_app, settings_like
+from tests.conftest import S3_MEDIA, running_app, settings_like
 from tests.factories import Account, create_post, make_admin, register
 from tests.problems import assert_problem
 
@@ -119,6 +125,30 @@ def media_of(app: FastAPI) -> LocalMedia:
 # -- fixtures ----------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def media_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The run's settings, or with media on local disk when the run's are in a bucket."""
+    if not S3_MEDIA:
+        return settings
+    return settings_like(
+        settings,
+        s3_bucket=None,
+        celery_broker_url=None,
+        data_dir=tmp_path_factory.mktemp("api-served-media"),
+    )
+
+
+@pytest.fixture(scope="module")
+async def app(app: FastAPI, media_settings: Settings) -> AsyncIterator[FastAPI]:
+    """The run's app, or one of this module's own serving local media (see the docstring)."""
+    if not S3_MEDIA:
+        yield app
+        return
+    application = create_app(media_settings, configure_logs=False)
+    async with LifespanManager(application):
+        yield application
+
+
 @pytest.fixture
 async def author(client: httpx.AsyncClient) -> Account:
     return await register(client)
@@ -147,13 +177,13 @@ async def test_a_drafts_files_are_404_without_a_signature(
 
 
 async def test_the_authors_signed_urls_serve_the_files_privately(
-    client: httpx.AsyncClient, settings: Settings, draft: dict[str, Any]
+    client: httpx.AsyncClient, media_settings: Settings, draft: dict[str, Any]
 ) -> None:
     urls = variant_urls(draft)
 
     for name, url in urls.items():
         response = await client.get(url)  # the URL is the credential: no token needed
-        assert_private(response, settings)
+        assert_private(response, media_settings)
         if name in CONTENT_TYPES:
             assert response.headers["content-type"] == CONTENT_TYPES[name]
         assert images.open_image(response.content).size == (
@@ -161,12 +191,12 @@ async def test_the_authors_signed_urls_serve_the_files_privately(
             draft["images"][0]["variants"][name]["height"],
         )
     head = await client.head(urls["large"])
-    assert_private(head, settings)
+    assert_private(head, media_settings)
     assert head.content == b""
 
 
 async def test_the_image_route_gives_the_author_signed_urls_too(
-    client: httpx.AsyncClient, settings: Settings, author: Account, draft: dict[str, Any]
+    client: httpx.AsyncClient, media_settings: Settings, author: Account, draft: dict[str, Any]
 ) -> None:
     [image] = draft["images"]
 
@@ -177,11 +207,11 @@ async def test_the_image_route_gives_the_author_signed_urls_too(
     assert response.status_code == 200, response.text
     large = response.json()["variants"]["large"]["url"]
     assert signature_of(large).keys() == {"expires", "sig"}
-    assert_private(await client.get(large), settings)
+    assert_private(await client.get(large), media_settings)
 
 
 async def test_an_admin_gets_working_signed_urls_for_a_draft(
-    client: httpx.AsyncClient, db: AsyncSession, settings: Settings, draft: dict[str, Any]
+    client: httpx.AsyncClient, db: AsyncSession, media_settings: Settings, draft: dict[str, Any]
 ) -> None:
     admin = await make_admin(db, await register(client))
 
@@ -189,7 +219,7 @@ async def test_an_admin_gets_working_signed_urls_for_a_draft(
 
     for url in variant_urls(seen).values():
         assert signature_of(url).keys() == {"expires", "sig"}
-        assert_private(await client.get(url), settings)
+        assert_private(await client.get(url), media_settings)
 
 
 async def test_expired_or_tampered_signatures_are_404(
@@ -218,7 +248,7 @@ async def test_expired_or_tampered_signatures_are_404(
 
 
 async def test_another_user_sees_no_draft_and_cannot_reuse_a_signature_on_another_key(
-    client: httpx.AsyncClient, settings: Settings, author: Account, draft: dict[str, Any]
+    client: httpx.AsyncClient, media_settings: Settings, author: Account, draft: dict[str, Any]
 ) -> None:
     stranger = await register(client)
     [image] = draft["images"]
@@ -230,7 +260,7 @@ async def test_another_user_sees_no_draft_and_cannot_reuse_a_signature_on_anothe
         404,
     )
     theirs = variant_urls(await post_with_image(client, stranger, published=False))
-    assert_private(await client.get(theirs["large"]), settings)  # their own works
+    assert_private(await client.get(theirs["large"]), media_settings)  # their own works
 
     victim_key, _ = key_and_filename(variant_urls(draft)["large"])
     own_key, _ = key_and_filename(theirs["large"])
@@ -240,32 +270,35 @@ async def test_another_user_sees_no_draft_and_cannot_reuse_a_signature_on_anothe
 
 
 async def test_signed_urls_outlast_the_cached_answer_that_carries_them(
-    client: httpx.AsyncClient, settings: Settings, author: Account, draft: dict[str, Any]
+    client: httpx.AsyncClient, media_settings: Settings, author: Account, draft: dict[str, Any]
 ) -> None:
     again = await read_post(client, draft["id"], author)  # a cached answer, in the cache's TTL
 
     assert variant_urls(again) == variant_urls(draft)
-    cached_for = settings.cache_ttl_seconds if settings.cache_enabled else 0
+    cached_for = media_settings.cache_ttl_seconds if media_settings.cache_enabled else 0
     for url in variant_urls(again).values():
         expires = int(signature_of(url)["expires"])
-        assert expires >= time.time() + cached_for + settings.media_signed_url_seconds - 5
+        assert expires >= time.time() + cached_for + media_settings.media_signed_url_seconds - 5
 
 
 async def test_a_signed_url_works_on_every_api_process_of_the_deployment(
-    client: httpx.AsyncClient, settings: Settings, draft: dict[str, Any]
+    client: httpx.AsyncClient, media_settings: Settings, draft: dict[str, Any]
 ) -> None:
     url = variant_urls(draft)["medium"]
     other_key = "k" * 32 + "-another-deployment"
 
-    async with running_app(settings_like(settings)) as (_, same):
-        assert_private(await same.get(url), settings)
-    async with running_app(settings_like(settings, media_signing_key=other_key)) as (_, other):
+    async with running_app(settings_like(media_settings)) as (_, same):
+        assert_private(await same.get(url), media_settings)
+    async with running_app(settings_like(media_settings, media_signing_key=other_key)) as (
+        _,
+        other,
+    ):
         assert_not_found(await other.get(url))
 
 
-def test_a_short_media_signing_key_is_refused(settings: Settings) -> None:
+def test_a_short_media_signing_key_is_refused(media_settings: Settings) -> None:
     with pytest.raises(ValueError, match="MEDIA_SIGNING_KEY"):
-        settings_like(settings, media_signing_key="short")
+        settings_like(media_settings, media_signing_key="short")
 
 
 def test_with_asymmetric_tokens_the_key_comes_from_the_private_key_when_first_needed(
@@ -360,7 +393,7 @@ async def test_publishing_makes_the_public_urls_work_with_immutable_caching(
 
 
 async def test_unpublishing_makes_the_files_private_again_through_every_cache(
-    client: httpx.AsyncClient, settings: Settings, author: Account
+    client: httpx.AsyncClient, media_settings: Settings, author: Account
 ) -> None:
     post = await post_with_image(client, author, published=True)
     public = variant_urls(post)
@@ -378,7 +411,7 @@ async def test_unpublishing_makes_the_files_private_again_through_every_cache(
     assert post["id"] not in [p["id"] for p in listed]
     signed = variant_urls(await read_post(client, post["id"], author))
     assert {name: unsigned(url) for name, url in signed.items()} == public
-    assert_private(await client.get(signed["large"]), settings)
+    assert_private(await client.get(signed["large"]), media_settings)
 
     await set_published(client, post["id"], author, published=True)
 
@@ -386,7 +419,7 @@ async def test_unpublishing_makes_the_files_private_again_through_every_cache(
 
 
 async def test_an_authors_list_carries_signed_urls_for_drafts_only(
-    client: httpx.AsyncClient, settings: Settings, author: Account, draft: dict[str, Any]
+    client: httpx.AsyncClient, media_settings: Settings, author: Account, draft: dict[str, Any]
 ) -> None:
     published = await post_with_image(client, author, published=True)
 
@@ -396,7 +429,7 @@ async def test_an_authors_list_carries_signed_urls_for_drafts_only(
     by_id = {p["id"]: variant_urls(p) for p in response.json()["items"]}
     assert all("?sig=" not in u and "&sig=" not in u for u in by_id[published["id"]].values())
     assert all("&sig=" in url for url in by_id[draft["id"]].values())
-    assert_private(await client.get(by_id[draft["id"]]["thumb"]), settings)
+    assert_private(await client.get(by_id[draft["id"]]["thumb"]), media_settings)
     assert_public(await client.get(by_id[published["id"]]["thumb"]))
 
 
@@ -404,12 +437,12 @@ async def test_an_authors_list_carries_signed_urls_for_drafts_only(
 
 
 async def test_nothing_but_the_workers_files_is_served(
-    client: httpx.AsyncClient, settings: Settings, author: Account
+    client: httpx.AsyncClient, media_settings: Settings, author: Account
 ) -> None:
     post = await post_with_image(client, author, published=True)
     large = variant_urls(post)["large"]
     key, _ = key_and_filename(large)
-    (settings.media_path / "images" / key / "notes.txt").write_text("not an image")
+    (media_settings.media_path / "images" / key / "notes.txt").write_text("not an image")
 
     assert (await client.get("/media", follow_redirects=True)).status_code == 404
     for path in (

@@ -24,7 +24,15 @@ from tests.conftest import (
 )
 
 INITIAL_TABLES = {"user", "auth_session", "post", "tag", "post_tag", "post_like"}
-EXPECTED_TABLES = INITIAL_TABLES | {"image", "task", "email_token", "outbox", "follow", "comment"}
+EXPECTED_TABLES = INITIAL_TABLES | {
+    "image",
+    "task",
+    "email_token",
+    "outbox",
+    "follow",
+    "comment",
+    "media_deletion",
+}
 
 
 @pytest.fixture
@@ -60,8 +68,12 @@ async def test_upgrade_downgrade_upgrade_round_trip(scratch: Settings) -> None:
 
     await asyncio.to_thread(command.upgrade, config, "head")
     await asyncio.to_thread(command.downgrade, config, "-1")
+    assert "media_deletion" not in await _tables(scratch)
+    assert {"follow", "comment"} <= await _tables(scratch)
+    await asyncio.to_thread(command.downgrade, config, "-1")
     assert {"follow", "comment"}.isdisjoint(await _tables(scratch))
     assert "image" not in await _user_columns(scratch)
+    assert "outbox" in await _tables(scratch)
     await asyncio.to_thread(command.downgrade, config, "-1")
     assert "outbox" not in await _tables(scratch)
     await asyncio.to_thread(command.downgrade, config, "-1")

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.core.security import Passwords
 from app.models import Follow, Post, PostLike, User
-from tests.conftest import SERVICES, settings_env
+from tests.conftest import S3_MEDIA, SERVICES, settings_env
 from tests.factories import PASSWORD, Account, bearer, create_post, login, register
 from tests.images import jpeg, png, wait_until_processed
 from tests.live_server import LiveServer, start_server
@@ -57,6 +57,7 @@ class Cluster:
     api2: LiveServer
     workers: dict[str, CeleryWorker]
     queue: str
+    directory: Path  # logs, and each process's own disk with media in a bucket
 
     def logs(self) -> str:
         """The end of every process's log, for an assertion message."""
@@ -68,6 +69,18 @@ class Cluster:
         """The workers whose log shows the task done."""
         line = f"[{task_id}] succeeded".encode()
         return [name for name, w in self.workers.items() if line in w.log_path.read_bytes()]
+
+
+def own_disk(logs: Path, name: str) -> dict[str, str]:
+    """With media in a bucket, each process gets a disk of its own (DATA_DIR, MEDIA_ROOT), as
+    on separate hosts: a file one of them wrote locally is seen by no other."""
+    if not S3_MEDIA:
+        return {}
+    return {"DATA_DIR": str(logs / f"{name}-data"), "MEDIA_ROOT": str(logs / f"{name}-media")}
+
+
+def local_media_files(logs: Path) -> list[Path]:
+    return [p for p in logs.glob("*-media/**/*") if p.is_file()]
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +100,15 @@ def cluster(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "DB_MAX_OVERFLOW": "5",
     }
     # One job at a time each (prefetch 1 x concurrency 1): jobs spread over both workers.
-    workers = {n: CeleryWorker(env, logs / f"{n}.log", concurrency=1) for n in ("w1", "w2")}
+    workers = {
+        n: CeleryWorker(env | own_disk(logs, n), logs / f"{n}.log", concurrency=1)
+        for n in ("w1", "w2")
+    }
     apis: list[LiveServer] = []
     try:
-        apis = [start_server(n, env, logs / f"{n}.log") for n in ("api1", "api2")]
+        apis = [
+            start_server(n, env | own_disk(logs, n), logs / f"{n}.log") for n in ("api1", "api2")
+        ]
         with ThreadPoolExecutor(len(workers)) as pool:
             started = [pool.submit(w.start) for w in workers.values()]
             for future, (name, worker) in zip(started, workers.items(), strict=True):
@@ -98,7 +116,7 @@ def cluster(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
                     raise RuntimeError(f"worker {name} did not start:\n{tail(worker.log_path)}")
         for api in apis:
             api.wait_until_healthy()
-        yield Cluster(apis[0], apis[1], workers, queue)
+        yield Cluster(apis[0], apis[1], workers, queue, logs)
     finally:
         for api in apis:
             api.stop()  # SIGTERM, then SIGKILL
@@ -190,6 +208,9 @@ async def test_uploads_on_api_1_are_processed_by_both_workers_and_served_by_api_
                 assert served.headers["content-type"] == "image/webp"
                 assert served.content[:4] == b"RIFF"
                 assert served.content[8:12] == b"WEBP"
+        if S3_MEDIA:  # the bucket serves it, and no process kept a file of it
+            assert served.headers["cache-control"] == "public, max-age=31536000, immutable"
+            assert local_media_files(cluster.directory) == []
         task = await api2.get(f"/api/tasks/{image['task_id']}", headers=alice.headers)
         assert task.status_code == 200, task.text
         assert task.json()["state"] == "SUCCESS"

@@ -24,8 +24,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.core.media import LocalMedia
 from app.models import Image, ImageStatus, Task, TaskState
+from tests import media_files
 from tests.conftest import (
     ON_CI,
     SERVICES,
@@ -241,14 +241,13 @@ async def test_image_survives_its_worker_being_killed_mid_task(
     assert stored.attempts >= 2
     assert set(stored.variants) == VARIANTS
     assert (stored.width, stored.height) == (6200, 6300)
-    files = LocalMedia(settings).image_dir(stored.storage_key)
-    assert sorted(p.name for p in files.iterdir()) == [
+    assert media_files.stored_files(settings, stored.storage_key) == {
         "large.webp",
         "medium.webp",
         "original.png",
         "thumb.webp",
-    ]  # no half-written temporary file left behind
-    assert not LocalMedia(settings).upload_path(stored.storage_key).exists()
+    }  # no half-written temporary file left behind
+    assert not media_files.upload_stored(settings, stored.storage_key)
     assert (await task_row(app, image["task_id"])).state == TaskState.SUCCESS
     response = await client.get(
         f"/api/posts/{image['post_id']}/images/{image['id']}", headers=account.headers

@@ -1,7 +1,8 @@
 """Where media live, behind one Protocol (`MediaStorage`): the raw uploads, and the processed
 files of each image under its random key. `LocalMedia` keeps them in a directory served at
-MEDIA_URL (default `/media`), shared by the API and the workers (a volume); object storage is
-another class with the same methods, its signed URLs being the bucket's presigned ones. Pillow
+MEDIA_URL (default `/media`), shared by the API and the workers (a volume); `S3Media`
+(app/core/s3.py) keeps them in a bucket instead, its signed URLs being the bucket's presigned
+ones; `build_media` (app/core/storage.py) picks one. Pillow
 works on local files: storage hands the worker the original as a local file and takes the
 variants from a local directory.
 
@@ -46,6 +47,12 @@ _EXPIRES = re.compile(r"[0-9]{1,12}")
 SIGNED_URL_STEP_SECONDS = 60
 
 
+class StorageUnavailable(ConnectionError):
+    """The media storage (a bucket) could not be reached or answered with a passing error: a
+    job tries again later, an upload answers 503. A ConnectionError, so fault classification
+    (app/core/faults.py) counts it as passing."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredFile:
     """A processed file to serve: where it is on this machine, and its size and times."""
@@ -66,9 +73,14 @@ class MediaStorage(Protocol):
         """`key`'s raw upload as a local file for the length of the block, for processing
         (FileNotFoundError when there is none)."""
 
-    def variants(self, key: str) -> AbstractAsyncContextManager[Path]:
+    def variants(self, key: str, *, public: bool = False) -> AbstractAsyncContextManager[Path]:
         """A local directory to write `key`'s processed files into; stored under `key` when the
-        block ends without an error."""
+        block ends without an error, readable by anyone if `public` (see `set_public`)."""
+
+    async def set_public(self, keys: list[str], public: bool) -> None:
+        """Let anyone read these keys' processed files at their public URLs (a published
+        post's), or only through signed URLs (a draft's). Local files: nothing to do, serving
+        asks the database."""
 
     async def discard_upload(self, key: str) -> None:
         """Remove `key`'s raw upload once its files are processed; a missing one is no error."""
@@ -94,6 +106,9 @@ class MediaStorage(Protocol):
         self, key: str, filename: str, expires: str, signature: str, *, now: float | None = None
     ) -> int | None:
         """How long a signed URL is still good for; None when it is wrong or has expired."""
+
+    async def close(self) -> None:
+        """Release what the storage holds (connections) at shutdown."""
 
 
 class LocalMedia:
@@ -122,7 +137,7 @@ class LocalMedia:
 
     def url(self, key: str, filename: str) -> str:
         """The public URL of a published post's file."""
-        return f"{self._url}/{_object_name(key, filename)}"
+        return f"{self._url}/{object_name(key, filename)}"
 
     def signed_url(self, key: str, filename: str, *, now: float | None = None) -> str:
         """A URL of a draft's file that works for a limited time, for whoever holds it."""
@@ -145,6 +160,12 @@ class LocalMedia:
         left = int(expires) - int(time.time() if now is None else now)
         return left if left > 0 else None
 
+    async def close(self) -> None:
+        return None
+
+    async def set_public(self, keys: list[str], public: bool) -> None:
+        return None
+
     def file(self, key: str, filename: str) -> Path | None:
         """Where a file the worker may have written lives, or None when the names are not such
         a file's (anything else under the root: raw uploads, directories, `..`)."""
@@ -166,7 +187,7 @@ class LocalMedia:
         yield path
 
     @asynccontextmanager
-    async def variants(self, key: str) -> AsyncIterator[Path]:
+    async def variants(self, key: str, *, public: bool = False) -> AsyncIterator[Path]:
         # Written in place, each file atomically (imaging writes a temporary name, then renames).
         yield self.image_dir(key)
 
@@ -196,7 +217,7 @@ class LocalMedia:
         return StoredFile(path, stat)
 
     def _signature(self, key: str, filename: str, expires: int) -> str:
-        message = f"{_object_name(key, filename)}\n{expires}".encode()
+        message = f"{object_name(key, filename)}\n{expires}".encode()
         digest = hmac.new(self._signing_key, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
@@ -213,5 +234,6 @@ def content_type(filename: str) -> str | None:
     return CONTENT_TYPES.get(match["extension"]) if match else None
 
 
-def _object_name(key: str, filename: str) -> str:
+def object_name(key: str, filename: str) -> str:
+    """The name of `key`'s processed file `filename`, relative to MEDIA_URL or the bucket."""
     return f"{IMAGES}/{key}/{filename}"

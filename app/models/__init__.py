@@ -5,6 +5,7 @@ from app.models.comment import Comment
 from app.models.email_token import EmailToken, TokenPurpose
 from app.models.follow import Follow
 from app.models.image import Image, ImageStatus
+from app.models.media_deletion import MediaDeletion
 from app.models.outbox import OutboxJob
 from app.models.post import Post, PostLike, Tag, post_tag
 from app.models.task import Task, TaskState
@@ -17,6 +18,7 @@ __all__ = [
     "Follow",
     "Image",
     "ImageStatus",
+    "MediaDeletion",
     "OutboxJob",
     "Post",
     "PostLike",

@@ -19,17 +19,18 @@ from app.config import Settings
 from app.core import imaging
 from app.core.faults import Interrupted, JobBusy, is_transient
 from app.core.imaging import ImageRejected
-from app.core.media import MediaStorage
+from app.core.media import MediaStorage, StorageUnavailable
 from app.core.queue import PROCESS_IMAGE
 from app.database.types import utcnow
 from app.errors import (
     ImageNotFound,
+    MediaUnavailable,
     TooManyImages,
     TooManyPixels,
     UnreadableImage,
     UnsupportedMediaType,
 )
-from app.models import Image, ImageStatus, Post, Task, TaskState
+from app.models import Image, ImageStatus, MediaDeletion, Post, Task, TaskState
 from app.schemas.image import ImageOut, VariantOut
 from app.services import tasks
 from app.services.backends import Backends
@@ -122,7 +123,11 @@ async def upload(
             )
         await _ensure_room(db, settings, post.id)
         key = secrets.token_hex(16)
-        await media.save_upload(key, file)
+        try:
+            await media.save_upload(key, file)
+        except StorageUnavailable as exc:  # nothing kept: a multipart upload is aborted
+            logger.warning("media storage unavailable: upload refused", exc_info=True)
+            raise MediaUnavailable from exc
     except BaseException:
         file.unlink(missing_ok=True)  # noqa: ASYNC240 - at once, even when cancelled
         raise
@@ -163,7 +168,7 @@ async def get_out(db: AsyncSession, backends: Backends, *, post: Post, image_id:
 async def delete(db: AsyncSession, backends: Backends, image: Image) -> None:
     await db.delete(image)
     await db.commit()
-    await backends.media.delete(image.storage_key)
+    await remove_files(db, backends.media, [image.storage_key])
     await backends.stores.cache.bump(*post_generations(image.post_id))
 
 
@@ -176,8 +181,86 @@ async def storage_keys_of_posts(db: AsyncSession, *conditions: object) -> list[s
     return list(rows)
 
 
-async def remove_files(media: MediaStorage, keys: list[str]) -> None:
-    await media.delete(*keys)
+async def set_visibility(media: MediaStorage, keys: list[str], public: bool) -> None:
+    """A post was (un)published: its images' files readable by anyone, or only signed. A
+    storage that cannot be reached leaves them as they were (logged)."""
+    if not keys:
+        return
+    try:
+        await media.set_public(keys, public)
+    except Exception:
+        logger.error("media visibility not changed", exc_info=True, extra={"public": public})
+
+
+async def remove_files(db: AsyncSession, media: MediaStorage, keys: list[str]) -> None:
+    """Delete these keys' files, once their rows are gone (committed). Those the storage could
+    not delete are recorded in `media_deletion`, for `retry_deletions` to try again."""
+    if not keys:
+        return
+    try:
+        await media.delete(*keys)
+    except Exception as exc:
+        logger.warning("media files not deleted: recorded for later", extra={"keys": len(keys)})
+        await _record_deletions(db, keys, exc)
+
+
+async def _record_deletions(db: AsyncSession, keys: list[str], exc: Exception) -> None:
+    known = set(
+        await db.scalars(
+            select(MediaDeletion.storage_key).where(MediaDeletion.storage_key.in_(keys))
+        )
+    )
+    error = f"{type(exc).__name__}: {exc}"[:500]
+    db.add_all(MediaDeletion(storage_key=k, last_error=error) for k in keys if k not in known)
+    await db.commit()
+
+
+async def retry_deletions_forever(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession], media: MediaStorage
+) -> None:
+    """The API's loop over recorded deletions, every MEDIA_DELETION_RETRY_SECONDS."""
+    while True:
+        await anyio.sleep(settings.media_deletion_retry_seconds)
+        try:
+            await retry_deletions(sessions, media)
+        except Exception:
+            logger.warning("could not retry media deletions", exc_info=True)
+
+
+# A deletion that keeps failing is tried again at most this far apart.
+MAX_DELETION_BACKOFF_SECONDS = 3600
+
+
+async def retry_deletions(
+    sessions: async_sessionmaker[AsyncSession], media: MediaStorage, *, limit: int = 100
+) -> int:
+    """Try again the recorded deletions that are due: each removed once its files are gone,
+    else tried later (with backoff). How many succeeded."""
+    async with sessions() as db:
+        due = list(
+            await db.scalars(
+                select(MediaDeletion)
+                .where(MediaDeletion.next_attempt_at <= utcnow())
+                .order_by(MediaDeletion.next_attempt_at)
+                .limit(limit)
+                # Every API process runs this loop: each row is taken by one of them at a time.
+                .with_for_update(skip_locked=True)
+            )
+        )
+        done = 0
+        for row in due:
+            try:
+                await media.delete(row.storage_key)
+            except Exception as exc:
+                row.attempts += 1
+                row.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                backoff = min(2**row.attempts, MAX_DELETION_BACKOFF_SECONDS)
+                row.next_attempt_at = utcnow() + timedelta(seconds=backoff)
+                break  # the storage is still away: the others wait for the next round
+            await db.delete(row)
+            done += 1
+        await db.commit()
+    return done
 
 
 async def _ensure_room(db: AsyncSession, settings: Settings, post_id: int) -> None:
@@ -326,10 +409,15 @@ async def _process(
             checked = await anyio.to_thread.run_sync(imaging.probe, source, image.format)
             if checked.width * checked.height > settings.max_image_pixels:
                 return await finish(Failure.TOO_MANY_PIXELS)
-            async with media.variants(image.storage_key) as out_dir:
+            published = await _published(sessions, image.post_id)
+            async with media.variants(image.storage_key, public=published) as out_dir:
                 variants = await anyio.to_thread.run_sync(
                     imaging.process, source, image.format, out_dir
                 )
+        # Read again once the files are stored: a publish (or unpublish) committed meanwhile
+        # may have missed them; one committed later finds them itself.
+        if await _published(sessions, image.post_id) != published:
+            await media.set_public([image.storage_key], not published)
     except ImageRejected as exc:
         return await finish(_rejected(exc), str(exc))
     except FileNotFoundError as exc:
@@ -338,6 +426,11 @@ async def _process(
     original = image.variants["original"]
     image.width, image.height = original["width"], original["height"]  # upright now
     return await finish()
+
+
+async def _published(sessions: async_sessionmaker[AsyncSession], post_id: int) -> bool:
+    async with sessions() as db:
+        return bool(await db.scalar(select(Post.published).where(Post.id == post_id)))
 
 
 def _rejected(exc: ImageRejected) -> Failure:
@@ -394,12 +487,17 @@ async def _finish(
         )
         await db.commit()
     if settled is None:
-        await media.delete(image.storage_key)
+        async with sessions() as db:
+            await remove_files(db, media, [image.storage_key])
         logger.info("image deleted while it was processed", extra={"image_id": image.id})
         return result
-    if failure is None:
-        await media.discard_upload(image.storage_key)
+    # The post's cached answers first: whoever sees the image ready sees it in the post too.
     await cache.bump(*post_generations(image.post_id))
+    if failure is None:
+        try:
+            await media.discard_upload(image.storage_key)
+        except Exception:  # a raw upload left over, never served: the image is ready anyway
+            logger.warning("raw upload not discarded", extra={"image_id": image.id})
     if failure:
         logger.warning(
             "image failed",

@@ -236,12 +236,16 @@ async def change(
         if not verified:
             raise EmailNotVerified
     tags = values.pop("tags", None)
+    was_published = post.published
     for field, value in values.items():
         setattr(post, field, value)
     if tags is not None:
         post.tags = await _tags_named(db, tags)
     post.updated_at = utcnow()
     await db.commit()
+    if post.published != was_published:
+        keys = [image.storage_key for image in post.images]
+        await images.set_visibility(backends.media, keys, post.published)
     await backends.stores.cache.bump(
         *post_generations(post.id), *author_generations(post.author_id)
     )
@@ -255,7 +259,7 @@ async def delete_post(db: AsyncSession, backends: Backends, *, post: Post) -> No
     slug = post.slug
     await db.delete(post)
     await db.commit()
-    await images.remove_files(backends.media, image_keys)
+    await images.remove_files(db, backends.media, image_keys)
     await backends.stores.cache.bump(
         *post_generations(post.id), *author_generations(post.author_id), slug_generation(slug)
     )

@@ -294,7 +294,7 @@ async def delete(db: AsyncSession, backends: Backends, *, user: User) -> None:
     await profiles.forget(db, user.id)
     await db.delete(user)
     await db.commit()
-    await images.remove_files(backends.media, image_keys)
+    await images.remove_files(db, backends.media, image_keys)
     await backends.stores.sessions.user_changed(user.id)
     await backends.stores.cache.bump(*ALL_GENERATIONS)  # their posts and likes vanish
 

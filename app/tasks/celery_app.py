@@ -24,6 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_postrun, task_prerun, worker_process_shutdown
 
 from app.config import get_settings
+from app.core import s3
 from app.core.context import RequestContext, request_context
 from app.tasks import jobs
 from app.tasks.celery_config import create_celery
@@ -35,6 +36,8 @@ T = TypeVar("T")
 
 settings = get_settings()
 celery_app = create_celery(settings)
+if settings.s3_bucket:
+    s3.preload()  # before the pool forks: no job spends its time limit reading the S3 model
 
 # One event loop and one JobContext (engine, Redis pool) per worker process, made on first use
 # so that nothing is shared across the fork.

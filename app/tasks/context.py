@@ -6,7 +6,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.core.mail import Mailer, build_mailer
-from app.core.media import LocalMedia, MediaStorage
+from app.core.media import MediaStorage
+from app.core.storage import build_media
 from app.database.session import create_engine, create_session_factory
 from app.stores import Stores
 
@@ -29,12 +30,13 @@ class JobContext:
             settings,
             create_session_factory(engine),
             Stores.from_settings(settings),
-            LocalMedia(settings),
+            build_media(settings),
             build_mailer(settings),
             engine,
         )
 
     async def close(self) -> None:
         await self.stores.close()
+        await self.media.close()
         if self.engine is not None:
             await self.engine.dispose()

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp
@@ -50,7 +51,7 @@ from app.tasks.outbox import Outbox
 from app.tasks.runner import InProcessRunner, TaskRunner, build_runner
 from app.web.docs import install_docs
 from app.web.http import single_valued_query
-from app.web.middleware import BodyLimitMiddleware, RequestIdMiddleware, SecurityHeadersMiddleware
+from app.web.middleware import BodyLimitMiddleware, LivenessShortcut, RequestIdMiddleware
 from app.web.openapi import install_openapi
 from app.web.problems import install_error_handlers
 
@@ -174,12 +175,21 @@ async def _create_first_admin(
 
 
 class InkwellApp(FastAPI):
-    """FastAPI with the request-id middleware outside Starlette's error middleware, so that
-    a 500 also carries `X-Request-ID`, and its log lines the request id; the security headers
-    outside everything, so that no response goes without them."""
+    """FastAPI with the request-id middleware (which also adds the security headers) outside
+    everything, Starlette's error middleware included, so that a 500 also carries
+    `X-Request-ID` and the security headers, and its log lines the request id; inside it, the
+    liveness check's shortcut past routing."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return SecurityHeadersMiddleware(RequestIdMiddleware(super().build_middleware_stack()))
+        stack = super().build_middleware_stack()
+        liveness = next(
+            (r for r in self.router.routes if isinstance(r, APIRoute) and r.path == "/health"),
+            None,
+        )
+        if liveness is not None:
+            cors = bool(self.state.settings.cors_origins)
+            stack = LivenessShortcut(stack, route=liveness, cors=cors)
+        return RequestIdMiddleware(stack)
 
 
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> FastAPI:

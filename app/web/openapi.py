@@ -14,7 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import BaseRoute
 
-from app.dependencies import current_principal, optional_principal
+from app.dependencies import current_principal, optional_principal, optional_reader
 from app.schemas.common import NulFreeModel, forbid_nul
 from app.schemas.token import LoginRequest
 from app.web.http import dependants
@@ -168,7 +168,8 @@ def _optional_auth_operations(routes: Sequence[BaseRoute]) -> set[str]:
         route = context.original_route
         if isinstance(route, APIRoute) and route.include_in_schema and route.operation_id:
             calls = {dependant.call for dependant in dependants(route.dependant)}
-            if optional_principal in calls and current_principal not in calls:
+            optional = optional_principal in calls or optional_reader in calls
+            if optional and current_principal not in calls:
                 found.add(route.operation_id)
     return found
 

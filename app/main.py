@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.routing import APIRoute
+from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp
@@ -183,7 +183,11 @@ class InkwellApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
         liveness = next(
-            (r for r in self.router.routes if isinstance(r, APIRoute) and r.path == "/health"),
+            (
+                context.original_route
+                for context in iter_route_contexts(self.router.routes)
+                if context.path == "/health" and "GET" in (context.methods or ())
+            ),
             None,
         )
         if liveness is not None:

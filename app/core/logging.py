@@ -3,14 +3,10 @@ request id of the request it belongs to."""
 
 from __future__ import annotations
 
-import atexit
-import copy
 import json
 import logging
-import queue
 import re
 from datetime import UTC, datetime
-from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
 from app.core.context import request_context
@@ -81,43 +77,11 @@ def _value(value: Any) -> str:
     return json.dumps(text)
 
 
-class _SnapshotQueueHandler(QueueHandler):
-    """Hands records to the writing thread with the message merged now (its arguments may change
-    later) but formatting left to that thread: the exception's traceback too, which the JSON
-    formatter keeps in a field of its own."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        record = copy.copy(record)
-        record.msg = record.getMessage()
-        record.args = None
-        return record
-
-
-_listener: QueueListener | None = None
-
-
 def configure_logging(json_lines: bool, level: str = "INFO") -> None:
-    """Log lines are formatted and written on a thread of their own (a `QueueListener`): on
-    the event loop a request's access-log line costs only the record and a queue put. The
-    request context is read on the caller's side, where it is set."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-    stream = logging.StreamHandler()
-    stream.setFormatter(JsonFormatter() if json_lines else KeyValueFormatter())
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    handler = _SnapshotQueueHandler(records)
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if json_lines else KeyValueFormatter())
     handler.addFilter(_RequestContextFilter())
-    _listener = QueueListener(records, stream, respect_handler_level=True)
-    _listener.start()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("uvicorn.access").disabled = True  # our access log has the request id
-
-
-@atexit.register
-def _flush() -> None:
-    """Writes what is still queued before the process ends."""
-    if _listener is not None:
-        _listener.stop()

@@ -24,8 +24,9 @@ from app.web.problems import PROBLEM_JSON
 _REFERENCED_ONLY = (LoginRequest,)
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Builds the schema once, on first use, with the clean-ups below."""
+def install_openapi(app: FastAPI, documented: Sequence[BaseRoute] | None = None) -> None:
+    """Builds the schema once, on first use, with the clean-ups below. `documented`: the routes
+    in the order the document lists them, when the app matches them in another order."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -33,7 +34,7 @@ def install_openapi(app: FastAPI) -> None:
                 title=app.title,
                 version=app.version,
                 description=app.description,
-                routes=app.routes,
+                routes=documented if documented is not None else app.routes,
                 tags=app.openapi_tags,
             )
             app.openapi_schema = clean_up(

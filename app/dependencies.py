@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import OAuth2PasswordBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection
 
 from app.core.context import set_user
 from app.database.session import session_scope
@@ -19,10 +21,10 @@ from app.schemas.post import PostQuery
 from app.services import auth, posts, users
 from app.services.backends import Backends
 
+_TOKEN_URL = "/api/token"  # noqa: S105  (a path, not a secret)
+_BEARER_DESCRIPTION = "Log in with username (or e-mail) and password."
 _bearer = OAuth2PasswordBearer(
-    tokenUrl="/api/token",
-    auto_error=False,
-    description="Log in with username (or e-mail) and password.",
+    tokenUrl=_TOKEN_URL, auto_error=False, description=_BEARER_DESCRIPTION
 )
 
 
@@ -74,6 +76,41 @@ async def current_principal(
 
 
 CurrentPrincipal = Annotated[auth.Principal, Depends(current_principal)]
+
+
+class Reader(NamedTuple):
+    """A public read's caller (None when anonymous) and the backends, in one dependency."""
+
+    viewer: auth.Principal | None
+    backends: Backends
+
+
+class _OptionalReader(OAuth2PasswordBearer):
+    """`optional_principal` and `get_backends` flattened into one dependency for the public
+    reads, whose per-request cost is mostly FastAPI's: the bearer token is read straight from
+    the Authorization header, with no nested dependencies to resolve. It is the same security
+    scheme (name, flow, token URL, description) as `_bearer`, so the OpenAPI document is too."""
+
+    async def __call__(self, request: HTTPConnection) -> Reader:  # type: ignore[override]
+        backends: Backends = request.app.state.backends
+        authorization = request.headers.get("authorization")
+        if not authorization:
+            return Reader(None, backends)
+        scheme, token = get_authorization_scheme_param(authorization)
+        if scheme.lower() != "bearer":
+            return Reader(None, backends)
+        principal = await auth.principal(backends, access_token=token)
+        set_user(principal.id)
+        return Reader(principal, backends)
+
+
+optional_reader = _OptionalReader(
+    tokenUrl=_TOKEN_URL,
+    auto_error=False,
+    description=_BEARER_DESCRIPTION,
+    scheme_name=type(_bearer).__name__,
+)
+PublicReader = Annotated[Reader, Depends(optional_reader)]
 
 
 OptionalPrincipal = Annotated[auth.Principal | None, Depends(optional_principal)]

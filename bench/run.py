@@ -231,6 +231,7 @@ async def seed(url: str, settings_overrides: dict[str, str], posts: int) -> Seed
         sys.path.insert(0, str(ROOT))
     from app.config import Settings
     from app.core.security import Passwords
+    from app.core.slugs import slug_base
 
     # The API's own environment, so the hashes carry the parameters the API will use.
     overrides: dict[str, Any] = {k.lower(): v for k, v in settings_overrides.items()}
@@ -266,12 +267,13 @@ async def seed(url: str, settings_overrides: dict[str, str], posts: int) -> Seed
             for n in range(posts):
                 created = now - timedelta(minutes=posts - n)
                 content = " ".join(rng.choice(words) for _ in range(120))
-                rows.append(
-                    (user_ids[n % USERS], f"Post {n}: {rng.choice(words)}", content, created)
-                )
+                title = f"Post {n}: {rng.choice(words)}"
+                slug = f"{slug_base(title)}-{n}"  # unique: the numbers differ
+                rows.append((user_ids[n % USERS], title, slug, content, created))
             await conn.executemany(
-                "INSERT INTO post (author_id, title, content, published, likes, created_at, "
-                "updated_at) VALUES ($1, $2, $3, true, 0, $4, $4)",
+                "INSERT INTO post (author_id, title, slug, content, published, likes, "
+                "comments_count, created_at, updated_at) "
+                "VALUES ($1, $2, $3, $4, true, 0, 0, $5, $5)",
                 rows,
             )
             post_ids = [r["id"] for r in await conn.fetch("SELECT id FROM post ORDER BY id")]

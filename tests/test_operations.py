@@ -56,3 +56,30 @@ async def test_first_admin_from_settings_is_created_at_start_up(
             pass
     admins = (await db.scalars(select(User).where(User.role == "admin"))).all()
     assert [(a.username, a.email) for a in admins] == [("root", "root@example.com")]
+
+
+async def test_liveness_with_a_body_over_the_limit_is_still_413(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """`/health` is answered before routing, but not past the body limit."""
+    body = b"x" * (settings.max_body_bytes + 1)
+    response = await client.request("GET", "/health", content=body)
+
+    assert response.status_code == 413
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Request-ID"]
+
+
+async def test_liveness_answers_cors_requests_with_the_cors_headers(settings: Settings) -> None:
+    origin = "https://app.example"
+    async with running_app(settings.model_copy(update={"cors_origins": [origin]})) as (_, client):
+        response = await client.get("/health", headers={"Origin": origin})
+        plain = await client.get("/health")
+
+    for answer in (response, plain):
+        assert answer.status_code == 200
+        assert answer.json() == {"status": "ok"}
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert answer.headers["X-Request-ID"]
+    assert response.headers["access-control-allow-origin"] == origin

@@ -10,10 +10,10 @@ from app.dependencies import (
     CurrentPrincipal,
     CurrentUser,
     DbSession,
-    OptionalPrincipal,
     OwnedPost,
     PostId,
     PostQueryDep,
+    PublicReader,
     VisiblePost,
 )
 from app.schemas.common import NUL_FREE_PATTERN, Page, problem_responses
@@ -70,9 +70,8 @@ async def create_post(
     response_model=Page[PostOut],
     responses=problem_responses(401, 422),
 )
-async def list_posts(
-    query: PostQueryDep, viewer: OptionalPrincipal, backends: BackendsDep
-) -> Response:
+async def list_posts(query: PostQueryDep, reader: PublicReader) -> Response:
+    viewer, backends = reader
     body = await posts.list_json(backends, query=query, viewer=viewer)
     return Response(body, media_type="application/json")
 
@@ -87,10 +86,10 @@ async def list_posts(
 )
 async def read_post_by_slug(
     slug: Annotated[str, Path(max_length=100, pattern=NUL_FREE_PATTERN)],
-    viewer: OptionalPrincipal,
-    backends: BackendsDep,
+    reader: PublicReader,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
+    viewer, backends = reader
     body = await posts.read_json_by_slug(backends, slug=slug, viewer=viewer)
     return conditional_json(body, if_none_match)
 
@@ -106,10 +105,10 @@ async def read_post_by_slug(
 )
 async def read_post(
     post_id: PostId,
-    viewer: OptionalPrincipal,
-    backends: BackendsDep,
+    reader: PublicReader,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
+    viewer, backends = reader
     body = await posts.read_json(backends, post_id=post_id, viewer=viewer)
     return conditional_json(body, if_none_match)
 

@@ -22,7 +22,7 @@ from app.stores.cache import image_post_slot, post_public_slot
 # Keys are never reused: a published file's URL is cacheable for a year by anyone.
 PUBLIC_CACHE = "public, max-age=31536000, immutable"
 PUBLIC, PRIVATE = b"1", b"0"
-# X-Content-Type-Options on every answer here, file or 404: SecurityHeadersMiddleware.
+# X-Content-Type-Options on every answer here, file or 404: RequestIdMiddleware.
 
 
 __all__ = ["MediaFile", "MediaNotFound", "open_file"]

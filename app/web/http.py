@@ -34,6 +34,8 @@ async def single_valued_query(request: Request) -> None:
     """A query parameter that is not a list (`tag` is one) is given at most once: FastAPI would
     quietly keep the last of `?q=a&q=b`, answering a question nobody asked. (Parameters a route
     does not take are ignored, repeated or not.)"""
+    if not request.scope.get("query_string"):  # most requests: nothing to count
+        return
     counts = Counter(name for name, _ in request.query_params.multi_items())
     repeated = {name for name, count in counts.items() if count > 1}
     route = request.scope.get("route")

@@ -14,7 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import BaseRoute
 
-from app.dependencies import current_principal, optional_principal
+from app.dependencies import current_principal, optional_principal, optional_reader
 from app.schemas.common import NulFreeModel, forbid_nul
 from app.schemas.token import LoginRequest
 from app.web.http import dependants
@@ -24,8 +24,9 @@ from app.web.problems import PROBLEM_JSON
 _REFERENCED_ONLY = (LoginRequest,)
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Builds the schema once, on first use, with the clean-ups below."""
+def install_openapi(app: FastAPI, documented: Sequence[BaseRoute] | None = None) -> None:
+    """Builds the schema once, on first use, with the clean-ups below. `documented`: the routes
+    in the order the document lists them, when the app matches them in another order."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -33,7 +34,7 @@ def install_openapi(app: FastAPI) -> None:
                 title=app.title,
                 version=app.version,
                 description=app.description,
-                routes=app.routes,
+                routes=documented if documented is not None else app.routes,
                 tags=app.openapi_tags,
             )
             app.openapi_schema = clean_up(
@@ -168,7 +169,8 @@ def _optional_auth_operations(routes: Sequence[BaseRoute]) -> set[str]:
         route = context.original_route
         if isinstance(route, APIRoute) and route.include_in_schema and route.operation_id:
             calls = {dependant.call for dependant in dependants(route.dependant)}
-            if optional_principal in calls and current_principal not in calls:
+            optional = optional_principal in calls or optional_reader in calls
+            if optional and current_principal not in calls:
                 found.add(route.operation_id)
     return found
 

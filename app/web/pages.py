@@ -32,7 +32,7 @@ CONTENT_SECURITY_POLICY = (
     f"default-src 'none'; style-src 'sha256-{STYLE_HASH}'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors 'none'"
 )
-# X-Content-Type-Options: SecurityHeadersMiddleware, on every response.
+# X-Content-Type-Options: RequestIdMiddleware, on every response.
 PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "Cache-Control": "no-store",

@@ -81,3 +81,4 @@ class FreshAccount:
 
     def set(self, case: Case[Any], data: str, context: AuthContext) -> None:
         case.headers["Authorization"] = f"Bearer {data}"
+

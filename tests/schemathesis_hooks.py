@@ -81,4 +81,3 @@ class FreshAccount:
 
     def set(self, case: Case[Any], data: str, context: AuthContext) -> None:
         case.headers["Authorization"] = f"Bearer {data}"
-

@@ -25,6 +25,8 @@ from tests.conftest import (
 
 INITIAL_TABLES = {"user", "auth_session", "post", "tag", "post_tag", "post_like"}
 EXPECTED_TABLES = INITIAL_TABLES | {"image", "task", "email_token", "outbox", "follow", "comment"}
+# SQLite's full-text index of posts (migration 0007) and the tables FTS5 keeps for it.
+FTS_TABLES = {"post_fts", "post_fts_data", "post_fts_idx", "post_fts_docsize", "post_fts_config"}
 
 
 @pytest.fixture
@@ -47,7 +49,16 @@ async def _tables(settings: Settings) -> set[str]:
             names = await conn.run_sync(lambda c: inspect(c).get_table_names())
     finally:
         await engine.dispose()
-    return set(names) - {"alembic_version"}
+    return set(names) - {"alembic_version"} - FTS_TABLES
+
+
+async def _all_tables(settings: Settings) -> set[str]:
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+    finally:
+        await engine.dispose()
 
 
 async def test_upgrade_downgrade_upgrade_round_trip(scratch: Settings) -> None:
@@ -59,6 +70,8 @@ async def test_upgrade_downgrade_upgrade_round_trip(scratch: Settings) -> None:
     assert await _tables(scratch) == set()
 
     await asyncio.to_thread(command.upgrade, config, "head")
+    await asyncio.to_thread(command.downgrade, config, "-1")
+    assert FTS_TABLES.isdisjoint(await _all_tables(scratch))
     await asyncio.to_thread(command.downgrade, config, "-1")
     assert {"follow", "comment"}.isdisjoint(await _tables(scratch))
     assert "image" not in await _user_columns(scratch)

@@ -192,7 +192,10 @@ def run_size(backend: str, posts: int, args: argparse.Namespace) -> tuple[dict[s
             seconds = prepare(env, posts)
             print(f"{backend}: seeded in {seconds:.0f} s; measuring", file=sys.stderr, flush=True)
             base = stack.enter_context(api(env, data / "api.log"))
-            return measure(base, args.repeat), seconds
+            medians = measure(base, args.repeat)
+            shown = ", ".join(f"{key} {ms:.1f}" for key, ms in medians.items())
+            print(f"{backend} {posts:,} (ms): {shown}", file=sys.stderr, flush=True)
+            return medians, seconds
 
 
 def main() -> int:

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Post
+from app.models import Post, Tag
+from app.models.post import post_tag
 from app.schemas.post import MAX_OFFSET, SEARCH_MAX_LENGTH
 from app.services import posts as post_service
 from tests.conftest import QueryCounter
@@ -352,3 +354,36 @@ async def test_cursor_pages_send_a_bounded_number_of_statements(
             assert all(i["tags"] for i in page["items"])
             assert any(i["liked_by_me"] for i in page["items"])
     assert max(counts) <= MAX_PAGE_QUERIES, counts
+
+
+async def test_tag_counts_stay_exact_under_concurrent_edits(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    alice = await register(client)
+    posts = [await create_post(client, alice, tags=["x", "y"]) for _ in range(4)]
+    changes: list[dict[str, Any]] = [
+        {"published": False},
+        {"tags": ["x"]},
+        {"published": True, "tags": ["y", "z"]},
+        {"tags": ["x", "y", "z"]},
+        {"published": False, "tags": []},
+        {"published": True},
+    ]
+
+    async def edit(post: dict[str, Any], change: dict[str, Any]) -> None:
+        response = await client.patch(
+            f"/api/posts/{post['id']}", json=change, headers=alice.headers
+        )
+        assert response.status_code == 200, response.text
+
+    for change in changes:
+        await asyncio.gather(*(edit(post, change) for post in posts))
+        await asyncio.gather(*(edit(post, changes[(i * 2) % 6]) for i, post in enumerate(posts)))
+    counted = await db.execute(
+        select(Tag.name, func.count(post_tag.c.post_id))
+        .join(post_tag, post_tag.c.tag_id == Tag.id)
+        .join(Post, Post.id == post_tag.c.post_id)
+        .where(Post.published.is_(True))
+        .group_by(Tag.name)
+    )
+    assert await tag_counts(client) == dict(counted.tuples().all())

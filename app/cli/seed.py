@@ -160,6 +160,12 @@ async def seed(
     comments = await _insert_posts(
         engine, _TextPool(faker, rng), rng, posts, author_ids, tag_ids, now, on_posts
     )
+    if engine.dialect.name == "postgresql":
+        # Fresh statistics for the planner, as autovacuum would gather later: without them a
+        # search for a word no post has may walk the newest-first index instead of one GIN look-up.
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text('ANALYZE "user", post, post_tag, tag, comment, follow'))
     return SeedResult(
         users=users,
         posts=posts,

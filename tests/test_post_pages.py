@@ -30,7 +30,7 @@ SORTS = [
     "likes",
     "-likes",
 ]
-MAX_PAGE_QUERIES = 8  # a search on PostgreSQL adds its planning probe (up to 3)
+MAX_PAGE_QUERIES = 6
 
 
 async def get_page(

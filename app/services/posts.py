@@ -70,8 +70,6 @@ _SORT_COLUMNS: dict[str, Any] = {
 }
 # SQLite's full-text index of posts (migration 0007): its rowid is the post's id.
 _POST_FTS = table("post_fts", column("rowid"))
-# A search matching more posts than this is read down the sort's index (see _plan_for_matches).
-SEARCH_PROBE = 1_000
 # bm25 weights of title, summary and content, as PostgreSQL's A, B and C.
 _FTS_WEIGHTS = (10.0, 4.0, 1.0)
 
@@ -331,28 +329,9 @@ async def list_posts(
         stmt = found.apply(stmt)
         if found.rank is not None:
             order = _Order(key=found.rank, descending=True, is_time=False)
-        if not sqlite:
-            await _plan_for_matches(db, stmt, ranked=found.rank is not None)
     if query.cursor is None:
         return await _offset_page(db, backends, query, viewer, stmt, order)
     return await _cursor_page(db, backends, query, viewer, stmt, order)
-
-
-async def _plan_for_matches(db: AsyncSession, stmt: Select[Any], *, ranked: bool) -> None:
-    """PostgreSQL's planner may walk the newest-first index hoping to meet matches soon, and
-    for a rare word read every row. So the matches are first counted through the GIN index
-    alone (bitmap scans only, for this transaction): bounded by the matches, not the table.
-    Only when there are many (a common word, met at once down any index) are index walks
-    allowed again for the page."""
-    await db.execute(select(*_planner("off")))
-    probe = stmt.with_only_columns(Post.id).limit(SEARCH_PROBE + 1).subquery()
-    matches = int(await db.scalar(select(func.count()).select_from(probe)) or 0)
-    if matches > SEARCH_PROBE and not ranked:
-        await db.execute(select(*_planner("on")))
-
-
-def _planner(value: str) -> list[ColumnElement[Any]]:
-    return [func.set_config(name, value, True) for name in ("enable_seqscan", "enable_indexscan")]
 
 
 def _order(query: PostQuery) -> _Order:

@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 TEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate seed openapi test test-embedded test-services lint format lock bench clean
+.PHONY: help install run migrate seed openapi test test-embedded test-services lint format lock bench bench-scale clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ lock: $(BIN)/uv  ## Re-lock dependencies and export requirements*.txt
 
 bench: install  ## Run the benchmarks in bench/
 	$(BIN)/python bench/run.py
+
+bench-scale: install  ## Page costs at 1,000 and 1,000,000 posts (PostgreSQL) and 100,000 (SQLite)
+	$(BIN)/python bench/scale.py
 
 clean:  ## Remove the virtual environment and local data
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

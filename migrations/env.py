@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from logging.config import fileConfig
 
 from alembic import context
@@ -25,10 +26,30 @@ def _settings() -> Settings:
     return settings if isinstance(settings, Settings) else Settings()
 
 
+# SQLite's full-text index of posts (an FTS5 virtual table and the tables it keeps) is made by
+# migration 0007 and has no model; PostgreSQL searches a column of `post` instead.
+FTS_TABLE_PREFIX = "post_fts"
+POSTGRES_ONLY = {("column", "search_vector"), ("index", "ix_post_search_vector")}
+
+
+def _include(connection: Connection) -> Callable[..., bool]:
+    sqlite = connection.dialect.name == "sqlite"
+
+    def include(
+        obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+    ) -> bool:
+        if type_ == "table" and name and name.startswith(FTS_TABLE_PREFIX):
+            return False
+        return not (sqlite and (type_, name) in POSTGRES_ONLY)
+
+    return include
+
+
 def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        include_object=_include(connection),
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters by copying tables
         compare_type=True,
     )

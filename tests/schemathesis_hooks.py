@@ -81,3 +81,27 @@ class FreshAccount:
 
     def set(self, case: Case[Any], data: str, context: AuthContext) -> None:
         case.headers["Authorization"] = f"Bearer {data}"
+
+
+POSTS_LIST = ("GET", "/api/posts")
+CURSOR_MAX_LENGTH = 512
+
+
+@schemathesis.hook
+def map_query(ctx: schemathesis.HookContext, query: dict[str, Any] | None) -> Any:
+    """`GET /api/posts` takes only the cursors it gave out (any other is a 422 no schema can
+    state): a generated cursor becomes the first page's (empty), or goes when `offset` is
+    given too (the two do not mix). `sort=relevance` needs a search: one is added."""
+    operation = ctx.operation
+    if not query or operation is None or (operation.method.upper(), operation.path) != POSTS_LIST:
+        return query
+    cursor = query.get("cursor")
+    if isinstance(cursor, str) and len(cursor) <= CURSOR_MAX_LENGTH and "\x00" not in cursor:
+        if "offset" in query:
+            del query["cursor"]
+        else:
+            query["cursor"] = ""
+    search = query.get("q")
+    if query.get("sort") == "relevance" and not (isinstance(search, str) and search.strip()):
+        query["q"] = "fuzz"
+    return query

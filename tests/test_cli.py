@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.cli.seed import SEED_EMAIL_DOMAIN
 from app.config import Settings
-from app.models import Comment, Follow, Post, User
+from app.models import Comment, Follow, Post, Tag, User
 from app.models.post import post_tag
 from app.schemas.user import PasswordResetRequest
 from tests.conftest import ROOT, settings_env
@@ -166,6 +166,16 @@ async def test_seed_adds_users_and_posts_that_work_through_the_api(
     )
     assert tagged is not None
     assert tagged > 0, "some seeded posts have tags"
+    # The tags' counts (copied in bulk on PostgreSQL) are the published posts carrying them.
+    counted = await db.execute(
+        select(Tag.name, func.count(post_tag.c.post_id))
+        .join(post_tag, post_tag.c.tag_id == Tag.id)
+        .join(Post, Post.id == post_tag.c.post_id)
+        .where(Post.published.is_(True))
+        .group_by(Tag.name)
+    )
+    kept = await db.execute(select(Tag.name, Tag.post_count).where(Tag.post_count > 0))
+    assert dict(kept.tuples().all()) == dict(counted.tuples().all())
     await db.rollback()
 
     # a seeded account logs in with the printed password, and its posts are served

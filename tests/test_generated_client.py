@@ -364,9 +364,16 @@ async def test_core_flow_through_the_generated_client(
             limit=5,
         )
         assert listed.status_code == HTTPStatus.OK, listed.content
-        assert isinstance(listed.parsed, models.PagePostOut)
+        assert isinstance(listed.parsed, models.PostPage)
         assert [p.id for p in listed.parsed.items] == [post.id]
         assert (listed.parsed.total, listed.parsed.limit, listed.parsed.offset) == (1, 5, 0)
+        assert listed.parsed.total_exact
+
+        # ... and by cursor: the other shape of the same operation.
+        by_cursor = await posts_list.asyncio_detailed(client=author, author=username, cursor="")
+        assert by_cursor.status_code == HTTPStatus.OK, by_cursor.content
+        assert isinstance(by_cursor.parsed, models.CursorPagePostOut)
+        assert [p.id for p in by_cursor.parsed.items] == [post.id]
 
         # posts-update changes the title only.
         updated = await posts_update.asyncio_detailed(

@@ -33,6 +33,8 @@ EXPECTED_TABLES = INITIAL_TABLES | {
     "comment",
     "media_deletion",
 }
+# SQLite's full-text index of posts (migration 0007) and the tables FTS5 keeps for it.
+FTS_TABLES = {"post_fts", "post_fts_data", "post_fts_idx", "post_fts_docsize", "post_fts_config"}
 
 
 @pytest.fixture
@@ -55,7 +57,16 @@ async def _tables(settings: Settings) -> set[str]:
             names = await conn.run_sync(lambda c: inspect(c).get_table_names())
     finally:
         await engine.dispose()
-    return set(names) - {"alembic_version"}
+    return set(names) - {"alembic_version"} - FTS_TABLES
+
+
+async def _all_tables(settings: Settings) -> set[str]:
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+    finally:
+        await engine.dispose()
 
 
 async def test_upgrade_downgrade_upgrade_round_trip(scratch: Settings) -> None:
@@ -69,6 +80,9 @@ async def test_upgrade_downgrade_upgrade_round_trip(scratch: Settings) -> None:
     await asyncio.to_thread(command.upgrade, config, "head")
     await asyncio.to_thread(command.downgrade, config, "-1")
     assert "media_deletion" not in await _tables(scratch)
+    assert {"follow", "comment"} <= await _tables(scratch)
+    await asyncio.to_thread(command.downgrade, config, "-1")
+    assert FTS_TABLES.isdisjoint(await _all_tables(scratch))
     assert {"follow", "comment"} <= await _tables(scratch)
     await asyncio.to_thread(command.downgrade, config, "-1")
     assert {"follow", "comment"}.isdisjoint(await _tables(scratch))

@@ -21,6 +21,8 @@ CURSOR_KEY_CONTEXT = b"inkwell cursor v1"
 _SIGNATURE_BYTES = 16
 
 Position = tuple[datetime, int]
+# A sort key a cursor can carry: a time (as ISO 8601 text), a number or text.
+KeyValue = str | int | float | None
 
 
 class BadCursor(ValueError):
@@ -42,11 +44,29 @@ class Cursors:
     def encode(self, scope: str, position: Position) -> str:
         """A cursor for the list `scope` (e.g. `feed:42`) after the item at `position`."""
         at, item_id = position
-        payload = json.dumps([scope, at.isoformat(), item_id], separators=(",", ":")).encode()
-        return _b64(payload) + "." + _b64(self._sign(payload))
+        return self.encode_key(scope, at.isoformat(), item_id)
 
     def decode(self, scope: str, cursor: str) -> Position:
         """The position a cursor of `scope` points after; `BadCursor` for anything else."""
+        at, item_id = self.decode_key(scope, cursor)
+        if not isinstance(at, str):
+            raise BadCursor
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            raise BadCursor from None
+        if when.tzinfo is None:
+            raise BadCursor
+        return when, item_id
+
+    def encode_key(self, scope: str, key: KeyValue, item_id: int) -> str:
+        """A cursor for the list `scope` after the item with this sort key and id."""
+        payload = json.dumps([scope, key, item_id], separators=(",", ":")).encode()
+        return _b64(payload) + "." + _b64(self._sign(payload))
+
+    def decode_key(self, scope: str, cursor: str) -> tuple[KeyValue, int]:
+        """The sort key and id a cursor of `scope` points after; `BadCursor` for anything
+        else (another list's cursor, a changed or made-up one)."""
         try:
             payload_part, signature_part = cursor.split(".")
             payload, signature = _unb64(payload_part), _unb64(signature_part)
@@ -55,13 +75,14 @@ class Cursors:
         if not hmac.compare_digest(signature, self._sign(payload)):
             raise BadCursor
         try:
-            their_scope, at, item_id = json.loads(payload)
-            position = (datetime.fromisoformat(at), int(item_id))
+            their_scope, key, item_id = json.loads(payload)
         except (ValueError, TypeError):
             raise BadCursor from None
-        if their_scope != scope or position[0].tzinfo is None:
+        if their_scope != scope or not isinstance(item_id, int):
             raise BadCursor
-        return position
+        if key is not None and not isinstance(key, str | int | float):
+            raise BadCursor
+        return key, item_id
 
 
 def _b64(data: bytes) -> str:

@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Computed,
     ForeignKey,
     Index,
     Integer,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Text,
     func,
 )
+from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.database.base import Base
@@ -22,6 +24,14 @@ from app.models.image import Image
 from app.models.user import User
 
 SLUG_MAX_LENGTH = 100
+# The text search configuration: 'simple' (lower-cased whole words, no stemming, no stop words)
+# finds what SQLite's FTS5 finds, in any language, and a search for "the" is not silently empty.
+SEARCH_CONFIG = "simple"
+SEARCH_VECTOR_SQL = (
+    f"setweight(to_tsvector('{SEARCH_CONFIG}'::regconfig, coalesce(title, '')), 'A') || "
+    f"setweight(to_tsvector('{SEARCH_CONFIG}'::regconfig, coalesce(summary, '')), 'B') || "
+    f"setweight(to_tsvector('{SEARCH_CONFIG}'::regconfig, coalesce(content, '')), 'C')"
+)
 
 post_tag = Table(
     "post_tag",
@@ -38,6 +48,9 @@ class Tag(Base):
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     name: Mapped[str] = mapped_column(String(32), unique=True)
+    # Published posts carrying the tag, kept exact by triggers on post_tag and post (migration
+    # 0007), so that the popular tags are read without counting posts.
+    post_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Post(Base):
@@ -50,6 +63,9 @@ class Post(Base):
         Index(None, "slug", unique=True),
         {"sqlite_autoincrement": True},
     )
+    # Computed columns are expired after a write, not read back: `search_vector` is not a
+    # column on SQLite.
+    __mapper_args__ = {"eager_defaults": False}
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     author_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("user.id", ondelete="CASCADE"))
@@ -65,6 +81,12 @@ class Post(Base):
     comments_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # PostgreSQL only (SQLite searches the FTS5 table `post_fts`, kept by triggers): the words
+    # of the title (weight A), summary (B) and content (C), computed by the database. Never
+    # loaded with the post.
+    search_vector: Mapped[str | None] = mapped_column(
+        TSVECTOR, Computed(SEARCH_VECTOR_SQL, persisted=True), deferred=True
+    )
 
     author: Mapped[User] = relationship(lazy="raise")
     tags: Mapped[list[Tag]] = relationship(secondary=post_tag, lazy="raise", order_by=Tag.name)
@@ -88,3 +110,5 @@ class PostLike(Base):
 
 # Case-insensitive title sort; declared after the class so it can name the column.
 Index("ix_post_title_lower", func.lower(Post.title), Post.id)
+# PostgreSQL only, as the column it indexes.
+Index("ix_post_search_vector", Post.search_vector, postgresql_using="gin")

@@ -16,8 +16,16 @@ from app.dependencies import (
     PublicReader,
     VisiblePost,
 )
-from app.schemas.common import NUL_FREE_PATTERN, Page, problem_responses
-from app.schemas.post import PostCreate, PostOut, PostPatch, PostReplace
+from app.schemas.common import NUL_FREE_PATTERN, CursorPage, problem_responses
+from app.schemas.post import (
+    MAX_OFFSET,
+    TOTAL_CAP,
+    PostCreate,
+    PostOut,
+    PostPage,
+    PostPatch,
+    PostReplace,
+)
 from app.services import posts
 from app.web.http import conditional_json
 
@@ -66,8 +74,16 @@ async def create_post(
     "",
     operation_id="posts-list",
     summary="List posts",
-    description="Paged, sorted and filtered. Signed-in authors also see their own drafts.",
-    response_model=Page[PostOut],
+    description="Paged, sorted and filtered. Signed-in authors also see their own drafts.\n\n"
+    "Two ways to page. By `offset` (up to "
+    f"{MAX_OFFSET:,}): the answer is a `PostPage` whose `total` is exact up to {TOTAL_CAP:,} "
+    "matching posts; beyond that the count stops (it is not an estimate) and `total_exact` is "
+    "false. By `cursor` (send it empty for the first page, then each page's `next_cursor`): "
+    "the answer is a `CursorPage`, each page costs the same at any depth, and posts written "
+    "meanwhile cause neither duplicates nor gaps. A cursor works only with the sort and "
+    "filters it was given for; any other is a 422.\n\n"
+    "`q` is a full-text search; `sort=relevance` orders by it.",
+    response_model=PostPage | CursorPage[PostOut],
     responses=problem_responses(401, 422),
 )
 async def list_posts(query: PostQueryDep, reader: PublicReader) -> Response:

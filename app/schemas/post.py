@@ -3,9 +3,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, JsonValue, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    JsonValue,
+    StringConstraints,
+    model_validator,
+)
 
 from app.schemas.common import (
+    CURSOR_MAX_LENGTH,
     NOT_BLANK_PATTERN,
     NUL_FREE_PATTERN,
     NulFreeModel,
@@ -115,21 +123,52 @@ class PostOut(BaseModel):
 
 
 PostSort = Literal[
-    "created_at", "-created_at", "updated_at", "-updated_at", "title", "-title", "likes", "-likes"
+    "created_at",
+    "-created_at",
+    "updated_at",
+    "-updated_at",
+    "title",
+    "-title",
+    "likes",
+    "-likes",
+    "relevance",
 ]
+# Deeper than this, `offset` is refused: each skipped row is read. Cursors cost the same at
+# any depth.
+MAX_OFFSET = 10_000
+SEARCH_MAX_LENGTH = 200
+# Up to this many matches `total` is exact; beyond it the count stops (`total_exact: false`).
+TOTAL_CAP = 1_000
 
 
 class PostQuery(PageQuery, NulFreeModel):
-    """Paging (`limit`, `offset`), sorting and filtering of the post list, validated in one
-    place."""
+    """Paging (`limit` with `offset` or `cursor`), sorting and filtering of the post list,
+    validated in one place."""
 
+    offset: int = Field(
+        0,
+        ge=0,
+        le=MAX_OFFSET,
+        description=f"Items to skip, at most {MAX_OFFSET:,}: deeper, page with `cursor`",
+    )
+    cursor: str | None = Field(
+        None,
+        max_length=CURSOR_MAX_LENGTH,
+        description="Page by cursor: empty for the first page, then the previous page's "
+        "`next_cursor`. The answer is then `{items, next_cursor}` (no `total`), and costs the "
+        "same at any depth. Not with `offset`.",
+    )
     sort: PostSort = Field(
-        "-created_at", description="Sort key; `-` prefix for descending. Ties break by id."
+        "-created_at",
+        description="Sort key; `-` prefix for descending. Ties break by id. `relevance` (best "
+        "match first) only with `q`.",
     )
     q: str | None = Field(
         None,
-        max_length=200,
-        description="Case-insensitive search in title and content",
+        max_length=SEARCH_MAX_LENGTH,
+        description="Full-text search in title, summary and content (a title match ranks "
+        'highest). Words are all required; `"a phrase"`, `this OR that` and `-without` work as '
+        "in web search engines. Whole words, case-insensitive, no stemming.",
     )
     tag: list[Annotated[str, Field(max_length=64)]] = Field(
         default_factory=list, max_length=MAX_TAGS, description="Repeatable: a post must carry all"
@@ -138,6 +177,33 @@ class PostQuery(PageQuery, NulFreeModel):
     favorited_by: str | None = Field(
         None, max_length=32, description="Only the posts this user (a username) liked"
     )
+
+    @model_validator(mode="after")
+    def _paging_and_sort_agree(self) -> PostQuery:
+        if self.sort == "relevance" and not self.search:
+            raise ValueError("sort=relevance needs a search (`q`)")
+        if self.cursor is not None and self.offset:
+            raise ValueError("page with either `offset` or `cursor`, not both")
+        return self
+
+    @property
+    def search(self) -> str | None:
+        """The search text, None when there is none (absent or blank)."""
+        return self.q if self.q and self.q.strip() else None
+
+
+class PostPage(BaseModel):
+    """A page of posts by `offset`."""
+
+    items: list[PostOut]
+    total: int = Field(
+        description=f"How many posts match: exact up to {TOTAL_CAP:,} (or up to the end of "
+        "this page, when deeper); beyond that the count stops and `total_exact` is false, "
+        "`total` then being a lower bound"
+    )
+    total_exact: bool = Field(description="Whether `total` is the exact count")
+    limit: int
+    offset: int
 
 
 class TagCount(BaseModel):

@@ -3,25 +3,48 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Select, delete, exists, false, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Select,
+    column,
+    delete,
+    exists,
+    false,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    table,
+    update,
+)
+from sqlalchemy.dialects.postgresql import REGCONFIG
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
 from app.core import slugs
+from app.core.cursors import BadCursor
 from app.core.media import MediaStorage
 from app.database.types import utcnow
 from app.database.upsert import insert_ignoring_conflicts
-from app.errors import EmailNotVerified, NotPostAuthor, PostNotFound
+from app.errors import EmailNotVerified, InvalidCursor, NotPostAuthor, PostNotFound
 from app.models import Post, PostLike, Tag, User, post_tag
-from app.schemas.common import Page
+from app.models.post import SEARCH_CONFIG
+from app.schemas.common import CursorPage
 from app.schemas.post import (
+    TOTAL_CAP,
     AuthorOut,
     PostCreate,
     PostOut,
+    PostPage,
     PostPatch,
     PostQuery,
     PostReplace,
@@ -45,7 +68,10 @@ _SORT_COLUMNS: dict[str, Any] = {
     "title": func.lower(Post.title),
     "likes": Post.likes,
 }
-LIKE_ESCAPE = "\\"
+# SQLite's full-text index of posts (migration 0007): its rowid is the post's id.
+_POST_FTS = table("post_fts", column("rowid"))
+# bm25 weights of title, summary and content, as PostgreSQL's A, B and C.
+_FTS_WEIGHTS = (10.0, 4.0, 1.0)
 
 
 def _with_relations(stmt: Select[Post]) -> Select[Post]:
@@ -297,24 +323,213 @@ async def get_out(
     return to_out(post, backends.media, liked=liked)
 
 
+@dataclass(frozen=True, slots=True)
+class _Order:
+    """What a list is sorted by: the key (a column or expression the rows are read with), its
+    direction, and whether it is a time (carried in a cursor as ISO 8601 text)."""
+
+    key: Any  # a column or expression
+    descending: bool
+    is_time: bool
+
+
 async def list_posts(
     db: AsyncSession, backends: Backends, *, query: PostQuery, viewer: Viewer | None
-) -> Page[PostOut]:
-    """One page: a count, the rows with their authors, their tags, and the viewer's likes."""
-    conditions = list(_filters(query, viewer))
-    total = await db.scalar(select(func.count(Post.id)).where(*conditions)) or 0
-    column = _SORT_COLUMNS[query.sort.removeprefix("-")]
-    descending = query.sort.startswith("-")
-    order = (column.desc(), Post.id.desc()) if descending else (column.asc(), Post.id.asc())
-    stmt = _with_relations(select(Post).where(*conditions).order_by(*order))
-    posts = (await db.scalars(stmt.limit(query.limit).offset(query.offset))).unique().all()
-    liked = await _liked(db, viewer, [p.id for p in posts])
-    return Page(
-        items=[to_out(p, backends.media, liked=p.id in liked) for p in posts],
-        total=total,
+) -> PostPage | CursorPage[PostOut]:
+    """One page, by `offset` (with a bounded count) or by cursor (no count): the rows with
+    their authors, their tags and the viewer's likes, in a fixed number of statements."""
+    sqlite = db.get_bind().dialect.name == "sqlite"
+    stmt = select(Post).where(*_filters(query, viewer))
+    order = _order(query)
+    if (search := query.search) is not None:
+        found = _search(search, sqlite=sqlite, ranked=query.sort == "relevance")
+        if found is None:  # nothing a search can match (only punctuation, say)
+            return _empty(query)
+        stmt = found.apply(stmt)
+        if found.rank is not None:
+            order = _Order(key=found.rank, descending=True, is_time=False)
+    if query.cursor is None:
+        return await _offset_page(db, backends, query, viewer, stmt, order)
+    return await _cursor_page(db, backends, query, viewer, stmt, order)
+
+
+def _order(query: PostQuery) -> _Order:
+    name = query.sort.removeprefix("-")
+    if name == "relevance":  # replaced by the search's rank
+        return _Order(key=Post.created_at, descending=True, is_time=True)
+    return _Order(
+        key=_SORT_COLUMNS[name],
+        descending=query.sort.startswith("-"),
+        is_time=name in ("created_at", "updated_at"),
+    )
+
+
+def _ordered(stmt: Select[Any], order: _Order) -> Select[Any]:
+    if order.descending:
+        return stmt.order_by(order.key.desc(), Post.id.desc())
+    return stmt.order_by(order.key.asc(), Post.id.asc())
+
+
+def _empty(query: PostQuery) -> PostPage | CursorPage[PostOut]:
+    if query.cursor is None:
+        return PostPage(items=[], total=0, total_exact=True, limit=query.limit, offset=query.offset)
+    return CursorPage[PostOut](items=[], next_cursor=None)
+
+
+async def _offset_page(
+    db: AsyncSession,
+    backends: Backends,
+    query: PostQuery,
+    viewer: Viewer | None,
+    stmt: Select[Any],
+    order: _Order,
+) -> PostPage:
+    # Counted up to a cap (and never short of the end of this page): the cost of `total`
+    # does not grow with the table.
+    cap = max(TOTAL_CAP, query.offset + query.limit)
+    counted = stmt.with_only_columns(Post.id).limit(cap + 1).subquery()
+    total = int(await db.scalar(select(func.count()).select_from(counted)) or 0)
+    page = _with_relations(_ordered(stmt, order).limit(query.limit).offset(query.offset))
+    posts = list((await db.scalars(page)).unique())
+    return PostPage(
+        items=await _rendered(db, backends, viewer, posts),
+        total=min(total, cap),
+        total_exact=total <= cap,
         limit=query.limit,
         offset=query.offset,
     )
+
+
+async def _cursor_page(
+    db: AsyncSession,
+    backends: Backends,
+    query: PostQuery,
+    viewer: Viewer | None,
+    stmt: Select[Any],
+    order: _Order,
+) -> CursorPage[PostOut]:
+    # A cursor belongs to one list: this sort, these filters, this viewer's drafts.
+    filters = query.model_dump_json(include={"q", "tag", "author", "favorited_by"})
+    digest = hashlib.blake2b(filters.encode(), digest_size=8).hexdigest()
+    scope = f"posts:{query.sort}:{digest}:{_viewer_key(viewer)}"
+    stmt = stmt.add_columns(order.key)
+    if query.cursor:
+        try:
+            key, last_id = backends.cursors.decode_key(scope, query.cursor)
+        except BadCursor:
+            raise InvalidCursor from None
+        value: Any = key
+        if order.is_time:
+            value = _cursor_time(key)
+        elif isinstance(key, str) is (query.sort.removeprefix("-") != "title"):
+            raise InvalidCursor
+        if order.descending:
+            stmt = stmt.where(or_(order.key < value, (order.key == value) & (Post.id < last_id)))
+        else:
+            stmt = stmt.where(or_(order.key > value, (order.key == value) & (Post.id > last_id)))
+    page = _with_relations(_ordered(stmt, order).limit(query.limit + 1))
+    rows = (await db.execute(page)).unique().all()
+    shown = rows[: query.limit]
+    next_cursor = None
+    if len(rows) > query.limit:
+        last_row: Any = shown[-1]
+        last, last_key = last_row[0], last_row[1]
+        if isinstance(last_key, datetime):
+            last_key = last_key.isoformat()
+        next_cursor = backends.cursors.encode_key(scope, last_key, last.id)
+    items = await _rendered(db, backends, viewer, [row[0] for row in shown])
+    return CursorPage[PostOut](items=items, next_cursor=next_cursor)
+
+
+def _cursor_time(key: Any) -> datetime:
+    if not isinstance(key, str):
+        raise InvalidCursor
+    try:
+        when = datetime.fromisoformat(key)
+    except ValueError:
+        raise InvalidCursor from None
+    if when.tzinfo is None:
+        raise InvalidCursor
+    return when
+
+
+async def _rendered(
+    db: AsyncSession, backends: Backends, viewer: Viewer | None, posts: Sequence[Post]
+) -> list[PostOut]:
+    """These posts, with the viewer's likes."""
+    liked = await _liked(db, viewer, [post.id for post in posts])
+    return [to_out(post, backends.media, liked=post.id in liked) for post in posts]
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A search as a condition on posts (or a join), and its rank when sorting by it."""
+
+    condition: ColumnElement[bool] | None
+    joined: Any
+    rank: ColumnElement[Any] | None
+
+    def apply(self, stmt: Select[Any]) -> Select[Any]:
+        if self.joined is not None:
+            stmt = stmt.join(self.joined, self.joined.c.id == Post.id)
+        if self.condition is not None:
+            stmt = stmt.where(self.condition)
+        return stmt
+
+
+def _search(text: str, *, sqlite: bool, ranked: bool) -> _Found | None:
+    """The posts matching a web-style search, higher rank better; None when the text holds
+    nothing that can match."""
+    if not sqlite:
+        tsquery = func.websearch_to_tsquery(literal(SEARCH_CONFIG, REGCONFIG), text)
+        rank = func.ts_rank(Post.search_vector, tsquery) if ranked else None
+        return _Found(Post.search_vector.op("@@")(tsquery), None, rank)
+    expression = fts5_query(text)
+    if expression is None:
+        return None
+    fts: ColumnElement[Any] = literal_column("post_fts")
+    matching = select(_POST_FTS.c.rowid.label("id")).where(fts.op("MATCH")(expression))
+    if not ranked:
+        return _Found(Post.id.in_(matching), None, None)
+    ranks = matching.add_columns((-func.bm25(fts, *_FTS_WEIGHTS, type_=Float)).label("rank"))
+    joined = ranks.subquery("matched")
+    return _Found(None, joined, joined.c.rank)
+
+
+_WORD = re.compile(r"\w+")
+_TERM = re.compile(r'(-?)"([^"]*)"?|(\S+)')
+
+
+def fts5_query(text: str) -> str | None:
+    """A web search (as PostgreSQL's `websearch_to_tsquery` reads it: words all required,
+    `"a phrase"`, `this OR that`, `-without`) as an FTS5 query that cannot be malformed: every
+    word is quoted, operators are only ever the ones written here. None when nothing can
+    match."""
+    required: list[list[str]] = []  # clauses ANDed; each one's phrases ORed
+    excluded: list[str] = []
+    pending_or = False
+    for match in _TERM.finditer(text):
+        negated, phrase, bare = match.group(1), match.group(2), match.group(3)
+        if bare is not None and bare == "OR":
+            pending_or = bool(required)
+            continue
+        if bare is not None and bare.startswith("-"):
+            negated, bare = "-", bare[1:]
+        words = _WORD.findall(phrase if phrase is not None else bare or "")
+        if not words:
+            continue
+        quoted = '"' + " ".join(words) + '"'
+        if negated:
+            excluded.append(quoted)
+        elif pending_or:
+            required[-1].append(quoted)
+        else:
+            required.append([quoted])
+        pending_or = False
+    if not required:
+        return None
+    clauses = [" OR ".join(c) if len(c) == 1 else "(" + " OR ".join(c) + ")" for c in required]
+    return " AND ".join(clauses) + "".join(f" NOT {e}" for e in excluded)
 
 
 async def posts_by_ids(
@@ -332,15 +547,12 @@ async def posts_by_ids(
 
 
 async def popular_tags(db: AsyncSession, *, prefix: str | None, limit: int) -> list[TagCount]:
-    """Tags with the number of published posts carrying them, most used first."""
-    count = func.count(post_tag.c.post_id)
+    """Tags with the number of published posts carrying them, most used first: read from the
+    count each tag keeps (`tag.post_count`), never by counting posts."""
     stmt = (
-        select(Tag.name, count)
-        .join(post_tag, post_tag.c.tag_id == Tag.id)
-        .join(Post, Post.id == post_tag.c.post_id)
-        .where(Post.published.is_(True))
-        .group_by(Tag.id, Tag.name)
-        .order_by(count.desc(), Tag.name)
+        select(Tag.name, Tag.post_count)
+        .where(Tag.post_count > 0)
+        .order_by(Tag.post_count.desc(), Tag.name)
         .limit(limit)
     )
     if prefix and "\x00" in prefix:
@@ -372,12 +584,6 @@ def to_out(post: Post, media: MediaStorage, liked: bool) -> PostOut:
 def _filters(query: PostQuery, viewer: Viewer | None) -> Iterable[ColumnElement[bool]]:
     if (visible := _visible_to(viewer)) is not None:
         yield visible
-    if query.q:
-        pattern = f"%{_escape_like(query.q)}%"
-        yield or_(
-            Post.title.ilike(pattern, escape=LIKE_ESCAPE),
-            Post.content.ilike(pattern, escape=LIKE_ESCAPE),
-        )
     for name in dict.fromkeys(t.strip().lower() for t in query.tag):
         yield exists().where(
             post_tag.c.post_id == Post.id,
@@ -393,14 +599,6 @@ def _filters(query: PostQuery, viewer: Viewer | None) -> Iterable[ColumnElement[
             PostLike.user_id
             == select(User.id).where(User.username == query.favorited_by.lower()).scalar_subquery(),
         )
-
-
-def _escape_like(text: str) -> str:
-    return (
-        text.replace(LIKE_ESCAPE, LIKE_ESCAPE * 2)
-        .replace("%", LIKE_ESCAPE + "%")
-        .replace("_", LIKE_ESCAPE + "_")
-    )
 
 
 async def _tags_named(db: AsyncSession, names: Sequence[str]) -> list[Tag]:

@@ -1,7 +1,7 @@
 """Failed deletions of media files, tried again until they succeed.
 
 Revision ID: 0008_media_deletion
-Revises: 0006_social
+Revises: 0007_search
 Create Date: 2026-12-07
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008_media_deletion"
-down_revision: str | Sequence[str] | None = "0006_social"
+down_revision: str | Sequence[str] | None = "0007_search"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -34,12 +34,21 @@ import socket
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from redis.asyncio.connection import parse_url
 
-if TYPE_CHECKING:
-    from app.stores.link import RedisLink
+
+class LinkState(Protocol):
+    """What the near cache asks of the Redis link (`app.stores.link.RedisLink`): whether Redis
+    is in its down window, and whether the cache owes an epoch bump."""
+
+    @property
+    def available(self) -> bool: ...
+
+    @property
+    def stale(self) -> bool: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +121,7 @@ class NearCache:
     def __init__(
         self,
         redis_url: str,
-        link: RedisLink,
+        link: LinkState,
         *,
         timeout_seconds: float,
         entry_ttl_seconds: float,

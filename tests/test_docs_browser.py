@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -37,37 +36,18 @@ from playwright.async_api import (
     Page,
     Request,
     Response,
-    ViewportSize,
-    async_playwright,
     expect,
 )
 
 from app.config import Settings
 from app.web.docs import ASSETS_URL
-from tests.conftest import ON_CI, ROOT, settings_env, tidied_up_after
+from tests.browser import CHROMIUM_FOUND, CHROMIUM_PATH, SCREENSHOTS, WAIT_MS, chromium, new_context
+from tests.conftest import ON_CI, settings_env, tidied_up_after
 from tests.factories import PASSWORD
 from tests.images import tiny_png
 from tests.live_server import LiveServer, live_server
 from tests.redis_server import RedisServer
 
-CHROMIUM_PATH = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_FOUND = Path(CHROMIUM_PATH).is_file() and os.access(CHROMIUM_PATH, os.X_OK)
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # CI runs as root
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    # No calls to Google: component updates, field trials, sync.
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOTS = ROOT / "artifacts" / "screenshots"
-VIEWPORT: ViewportSize = {"width": 1280, "height": 900}
-# Generous: a busy 2-core CI machine runs the server, PostgreSQL, Redis and Chromium at once.
-WAIT_MS = 20_000
-NAVIGATION_MS = 30_000
-LAUNCH_MS = 60_000
 REQUEST_TIMEOUT_S = 20.0
 # Swagger UI's Authorize buttons are "locked" once the scheme is authorized, "unlocked" before.
 LOCKED = re.compile(r"(^|\s)locked(\s|$)")
@@ -202,23 +182,8 @@ async def account(api: httpx.AsyncClient) -> Account:
 async def browser() -> AsyncIterator[Browser]:
     if not CHROMIUM_FOUND:
         pytest.fail(f"Chromium not found at {CHROMIUM_PATH}: with CI=true the browser tests run")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=CHROMIUM_PATH, headless=True, args=CHROMIUM_ARGS, timeout=LAUNCH_MS
-        )
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
-async def new_context(browser: Browser) -> BrowserContext:
-    """A fresh browser profile: empty cache and storage."""
-    context = await browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(WAIT_MS)
-    context.set_default_navigation_timeout(NAVIGATION_MS)
-    return context
+    async with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -142,7 +142,15 @@ async def authors(api: httpx.AsyncClient) -> dict[str, str]:
     return tokens
 
 
-class _Quiet(SimpleHTTPRequestHandler):
+class _Frontend(SimpleHTTPRequestHandler):
+    """Static files; a path that names no file is the app's own route (`serve --single`)."""
+
+    def translate_path(self, path: str) -> str:
+        found = super().translate_path(path)
+        if not os.path.exists(found) and "." not in PurePosixPath(urlsplit(path).path).name:
+            return os.path.join(FRONTEND_DIR, "index.html")
+        return found
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -150,7 +158,7 @@ class _Quiet(SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def frontend() -> Iterator[int]:
     """The frontend's folder served on a loopback port, as `npx serve dist` would: its port."""
-    handler = functools.partial(_Quiet, directory=FRONTEND_DIR)
+    handler = functools.partial(_Frontend, directory=FRONTEND_DIR)
     with ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
         thread = threading.Thread(target=httpd.serve_forever, daemon=True)
         thread.start()

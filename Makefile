@@ -56,8 +56,9 @@ lock: $(BIN)/uv  ## Re-lock dependencies and export requirements*.txt
 	$(BIN)/uv export --quiet --frozen --no-dev --no-emit-project -o requirements.txt
 	$(BIN)/uv export --quiet --frozen --only-dev --no-emit-project -o requirements-dev.txt
 
-bench: install  ## Run the benchmarks in bench/
+bench: install  ## Every benchmark figure: the HTTP ratios to hello-world, then the 1k-vs-1M page costs
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/scale.py
 
 bench-scale: install  ## Page costs at 1,000 and 1,000,000 posts (PostgreSQL) and 100,000 (SQLite)
 	$(BIN)/python bench/scale.py

@@ -15,8 +15,8 @@ So every API call is a real cross-origin request, preflights and `CORS_ORIGINS` 
 Pictures on other hosts (avatars) are answered with a small image; anything else is refused.
 
 The test drives the pages by the RealWorld templates' placeholders and links: it signs up, sets
-a picture and a bio, publishes an article with tags, favorites another author's article and
-follows its author, and finds all of it through Inkwell's own `/api` as well.
+a picture and a bio, publishes an article with tags, favorites another author's article,
+follows its author and comments on it, and finds all of it through Inkwell's own `/api` too.
 """
 
 from __future__ import annotations
@@ -216,7 +216,15 @@ async def _page(context: BrowserContext) -> tuple[Page, list[str]]:
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("requestfailed", lambda r: errors.append(f"{r.method} {r.url}: {r.failure}"))
+    page.on(
+        "requestfailed",
+        # A request the page itself cancelled (it navigated on) is not a failure.
+        lambda r: (
+            errors.append(f"{r.method} {r.url}: {r.failure}")
+            if r.failure != "net::ERR_ABORTED"
+            else None
+        ),
+    )
     page.on(
         "console",
         lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None,
@@ -300,8 +308,18 @@ async def test_a_reader_signs_up_publishes_favorites_and_follows(
         await expect(
             page.get_by_role("button", name=re.compile("unfollow", re.I)).first
         ).to_be_visible()
+        # ... and comment on it.
+        await page.get_by_placeholder("Write a comment...").fill("Which sizes does it keep?")
+        await page.locator("button", has_text=re.compile("post comment", re.I)).click()
+        await expect(page.locator(".card .card-text")).to_have_text("Which sizes does it keep?")
 
         grace = (await api.get("/conduit/api/user", headers=_auth(authors["grace"]))).json()
+        by_grace = await api.get("/api/posts", params={"author": grace["user"]["username"]})
+        [post_id] = [p["id"] for p in by_grace.json()["items"] if p["title"] == grace_title]
+        comments = (await api.get(f"/api/posts/{post_id}/comments")).json()["items"]
+        assert [(c["author"]["username"], c["body"]) for c in comments] == [
+            (username, "Which sizes does it keep?")
+        ]
         profile = await api.get(f"/api/profiles/{grace['user']['username']}")
         assert profile.status_code == 200, profile.text
         assert profile.json()["followers"] == 1

@@ -614,6 +614,14 @@ async def test_list_filters_and_paging(client: httpx.AsyncClient) -> None:
     assert_errors(
         await client.get(ARTICLES, params={"offset": -1}), 422, {"offset": ["is invalid"]}
     )
+    # As deep as `/api`'s offsets go; deeper is 422, never an error of the server's.
+    assert await slugs(offset=10_000, tag="even") == ([], 3)
+    for deep in (10_001, 500_000, 1_000_000):
+        assert_errors(
+            await client.get(ARTICLES, params={"offset": deep, "tag": "even"}),
+            422,
+            {"offset": ["is invalid"]},
+        )
 
 
 async def test_comments(client: httpx.AsyncClient) -> None:

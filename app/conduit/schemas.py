@@ -25,7 +25,7 @@ from pydantic_core import CoreSchema, PydanticCustomError
 from app.core import password_policy
 from app.schemas.comment import CommentBody
 from app.schemas.common import NulFreeModel
-from app.schemas.post import MAX_TAGS, TAG_PATTERN, Title
+from app.schemas.post import MAX_OFFSET, MAX_TAGS, TAG_PATTERN, Title
 from app.schemas.user import Bio, Email, ImageUrl, Username
 
 BLANK = "blank"
@@ -208,7 +208,10 @@ class ArticleQuery(NulFreeModel):
         None, max_length=32, description="Only those this user (a username) favorited"
     )
     limit: Limit = 20
-    offset: Offset = 0
+    # Deeper than `/api`'s offsets reach is 422, as there (the feed pages its own way).
+    offset: Annotated[
+        int, Field(ge=0, le=MAX_OFFSET, description=f"How many to skip, at most {MAX_OFFSET:,}")
+    ] = 0
 
 
 class FeedQuery(NulFreeModel):

@@ -91,6 +91,17 @@ async def test_summary_is_optional_bounded_and_editable(client: httpx.AsyncClien
     assert changed.json()["summary"] == "Shorter."
     read = await client.get(f"/api/posts/{post['id']}")
     assert read.json()["summary"] == "Shorter."
+    # null clears it, as a post made without one has none
+    cleared = await client.patch(
+        f"/api/posts/{post['id']}", json={"summary": None}, headers=alice.headers
+    )
+    assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["summary"] is None
+    assert (await client.get(f"/api/posts/{post['id']}")).json()["summary"] is None
+    still_no_null_title = await client.patch(
+        f"/api/posts/{post['id']}", json={"title": None}, headers=alice.headers
+    )
+    assert_problem(still_no_null_title, 422, "validation_error")
 
 
 async def test_tags_may_hold_underscores(client: httpx.AsyncClient) -> None:

@@ -88,8 +88,9 @@ class PostReplace(RequestModel):
 
 
 class PostPatch(PatchModel):
-    """PATCH: any subset of the fields; `null` is not a value any of them takes."""
+    """PATCH: any subset of the fields; `null` is a value only `summary` takes (it clears it)."""
 
+    NULLABLE = frozenset({"summary"})
     model_config = example({"title": "A better title"})
 
     title: Title | None = None

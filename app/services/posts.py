@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Float,
+    Integer,
     Select,
     bindparam,
     column,
@@ -39,6 +40,7 @@ from sqlalchemy.orm import joinedload, selectinload
 from app.core import slugs
 from app.core.cursors import BadCursor
 from app.core.media import MediaStorage
+from app.database.session import read_engine
 from app.database.types import utcnow
 from app.database.upsert import insert_ignoring_conflicts
 from app.errors import EmailNotVerified, InvalidCursor, NotPostAuthor, PostNotFound
@@ -147,8 +149,8 @@ async def read_json(backends: Backends, *, post_id: int, viewer: Viewer | None) 
     params = (
         {"post_id": post_id} if viewer is None else {"post_id": post_id, "viewer_id": viewer.id}
     )
-    async with backends.read_sessions() as db:
-        row = (await db.execute(stmt, params)).first()
+    async with read_engine(backends.read_sessions).connect() as connection:
+        row = (await connection.execute(stmt, params)).first()
     if row is None:
         raise PostNotFound
     body = to_json(_post_fields(row, backends.media))
@@ -402,9 +404,10 @@ async def _offset_page(
     # subquery (an InitPlan, evaluated once); it is asked for apart only when the page is
     # empty past the first row.
     cap = max(TOTAL_CAP, query.offset + query.limit)
-    counted = stmt.with_only_columns(Post.id).limit(cap + 1).subquery()
+    counted = stmt.with_only_columns(Post.id).limit(_inline(cap + 1)).subquery()
     counting = select(func.count()).select_from(counted)
-    paged = _ordered(_keyed(stmt, order), order).limit(query.limit).offset(query.offset)
+    paged = _ordered(_keyed(stmt, order), order)
+    paged = paged.limit(_inline(query.limit)).offset(_inline(query.offset))
     page = _page_rows(paged, order, viewer, sqlite).add_columns(counting.scalar_subquery())
     rows = (await db.execute(page)).all()
     if rows:
@@ -445,7 +448,7 @@ async def _cursor_page(
             stmt = stmt.where(or_(order.key < value, (order.key == value) & (Post.id < last_id)))
         else:
             stmt = stmt.where(or_(order.key > value, (order.key == value) & (Post.id > last_id)))
-    paged = _ordered(_keyed(stmt, order), order).limit(query.limit + 1)
+    paged = _ordered(_keyed(stmt, order), order).limit(_inline(query.limit + 1))
     rows = (await db.execute(_page_rows(paged, order, viewer, sqlite))).all()
     shown = rows[: query.limit]
     next_cursor = None
@@ -457,6 +460,13 @@ async def _cursor_page(
         next_cursor = backends.cursors.encode_key(scope, last_key, last_id)
     items = [_post_fields(row, backends.media) for row in shown]
     return {"items": items, "next_cursor": next_cursor}
+
+
+def _inline(n: int) -> Any:
+    """A LIMIT or OFFSET written into the SQL rather than sent as a parameter: PostgreSQL then
+    plans a prepared page once (a generic plan that knows it reads 20 rows) instead of
+    planning it again for each execution."""
+    return bindparam(None, n, type_=Integer, literal_execute=True)
 
 
 def _keyed(stmt: Select[Any], order: _Order) -> Select[Any]:

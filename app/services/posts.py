@@ -477,17 +477,15 @@ def _keyed(stmt: Select[Any], order: _Order) -> Select[Any]:
 def _page_rows(
     paged: Select[Any], order: _Order, viewer: Viewer | None, sqlite: bool
 ) -> Select[Any]:
-    """The rows of a page (`paged`: ids and sort keys, filtered, ordered and cut) with
-    everything a post's JSON needs, its sort key last: the posts are found first, and the
-    tags, images and likes looked up for the page's rows only, never for skipped ones."""
+    """The rows of a page (`paged`: the posts' ids and sort keys, its first two columns,
+    filtered, ordered and cut) with everything a post's JSON needs, its sort key last: the
+    posts are found first, and the tags, images and likes looked up for the page's rows only,
+    never for skipped ones."""
     page = paged.subquery("page")
-    stmt = _as_rows(select(Post).join(page, page.c.id == Post.id), viewer, sqlite)
-    key = (
-        (page.c.sort_key.desc(), page.c.id.desc())
-        if order.descending
-        else (page.c.sort_key, page.c.id)
-    )
-    return stmt.add_columns(page.c.sort_key).order_by(*key)
+    page_id, page_key = list(page.c)[:2]
+    stmt = _as_rows(select(Post).join(page, page_id == Post.id), viewer, sqlite)
+    key = (page_key.desc(), page_id.desc()) if order.descending else (page_key, page_id)
+    return stmt.add_columns(page_key).order_by(*key)
 
 
 def _cursor_time(key: Any) -> datetime:

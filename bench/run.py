@@ -78,12 +78,12 @@ class Processes:
         self._started: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, args: list[str], log: Path, env: dict[str, str] | None = None
+        self, args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
     ) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
             proc = subprocess.Popen(  # noqa: S603 - our own fixed command lines
                 args,
-                cwd=ROOT,
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -111,7 +111,25 @@ class Processes:
             self.stop(self._started.pop())
 
 
+_PORTS: list[int] = []
+
+
 def free_port() -> int:
+    """A free loopback port: any, or one of `BENCH_PORTS` (`low-high`) when it is set, for a
+    machine where each user keeps to a range."""
+    if not _PORTS and (spec := os.environ.get("BENCH_PORTS")):
+        low, _, high = spec.partition("-")
+        _PORTS.extend(range(int(low), int(high or low) + 1))
+    while _PORTS:
+        candidate = _PORTS.pop(0)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return candidate
+    if os.environ.get("BENCH_PORTS"):
+        raise BenchError("no free port left in BENCH_PORTS")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -651,6 +669,7 @@ class Options:
     walk: int = 100
     near_off: bool = False
     database_prefix: str = "inkwell_bench_"
+    baseline: Path | None = None
 
 
 def parse_options(argv: list[str] | None = None) -> Options:
@@ -673,6 +692,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         default=os.environ.get("BENCH_DATABASE_PREFIX", "inkwell_bench_"),
         help="the scratch database's name is this plus random hex",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (same migrations) whose API also runs the uncached passes, "
+        "before this one's, against the same database: a before/after in one run",
+    )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--login-connections", type=int, default=8)
     parser.add_argument("--posts", type=int, default=1000)
@@ -690,6 +715,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         walk=args.walk,
         near_off=args.near_off,
         database_prefix=args.database_prefix,
+        baseline=args.baseline.resolve() if args.baseline else None,
         threads=args.threads,
         login_connections=args.login_connections,
         login_seconds=min(5.0, seconds),
@@ -737,13 +763,14 @@ class Bench:
         }
 
     def start_api(
-        self, redis_port: int, cache: bool, near: bool = True
+        self, redis_port: int, cache: bool, near: bool = True, root: Path = ROOT
     ) -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
-        log = self.workdir / f"api-cache-{'on' if cache else 'off'}{'' if near else '-far'}.log"
-        env = {**os.environ, **self.api_env(redis_port, cache, near)}
+        name = f"api-cache-{'on' if cache else 'off'}{'' if near else '-far'}"
+        log = self.workdir / f"{name}{'' if root == ROOT else '-baseline'}.log"
+        env = {**os.environ, **self.api_env(redis_port, cache, near), "PYTHONPATH": str(root)}
         args = [PYTHON, "-m", "app", "run", "--port", str(port), "--workers", "1"]
-        proc = self.processes.start(args, log, env)
+        proc = self.processes.start(args, log, env, cwd=root)
         base = f"http://127.0.0.1:{port}"
         wait_for_http(f"{base}/health", proc, log, 60)
         wait_for_http(f"{base}/health/ready", proc, log, 30)
@@ -819,8 +846,10 @@ class Bench:
             report.hello.append(wrk.run("hello-world", hello_url, o.connections, o.seconds))
 
         measure_hello()
-        for cache in (True, False):
-            self.run_api(report, wrk, seeded, redis_port, cache)
+        self.run_api(report, wrk, seeded, redis_port, True)
+        if o.baseline is not None:
+            self.run_api(report, wrk, seeded, redis_port, False, root=o.baseline)
+        self.run_api(report, wrk, seeded, redis_port, False)
         if o.near_off:
             self.run_far(report, wrk, seeded, redis_port)
         measure_hello()
@@ -854,12 +883,19 @@ class Bench:
             self.processes.stop(api)
 
     def run_api(
-        self, report: Report, wrk: Wrk, seeded: Seeded, redis_port: int, cache: bool
+        self,
+        report: Report,
+        wrk: Wrk,
+        seeded: Seeded,
+        redis_port: int,
+        cache: bool,
+        root: Path = ROOT,
     ) -> None:
         o = self.options
         label = "cached" if cache else "uncached"
-        say(f"API with the response cache {'on' if cache else 'off'}")
-        api, base = self.start_api(redis_port, cache)
+        suffix = "" if root == ROOT else f" [baseline {root.name}]"
+        say(f"API with the response cache {'on' if cache else 'off'}{suffix}")
+        api, base = self.start_api(redis_port, cache, root=root)
         try:
             token = post_json(
                 f"{base}/api/token",
@@ -894,8 +930,10 @@ class Bench:
                 ):
                     if conns == o.top_connections and kind == "list":
                         continue
-                    name = f"{kind} {label}" + (
-                        " GET /api/posts/{id}" if kind == "read" else " GET /api/posts?limit=20"
+                    name = (
+                        f"{kind} {label}"
+                        + (" GET /api/posts/{id}" if kind == "read" else " GET /api/posts?limit=20")
+                        + suffix
                     )
                     say(f"  {name} at {conns} connections")
                     m = wrk.run(name, url, conns, o.seconds, script)

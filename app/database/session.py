@@ -141,6 +141,15 @@ def create_read_session_factory(
     return async_sessionmaker(autocommit, expire_on_commit=False, autoflush=False)
 
 
+def read_engine(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:
+    """The engine the read sessions are bound to (autocommit, unless behind PgBouncer): a read of
+    one Core statement takes a connection from it, with no `Session` (and no ORM) around it."""
+    bind = sessions.kw["bind"]
+    if not isinstance(bind, AsyncEngine):
+        raise TypeError("read sessions are bound to an engine")
+    return bind
+
+
 async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """One session per unit of work: services commit; anything left open is rolled back."""
     async with factory() as session:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 
+from pydantic_core import to_json
 from sqlalchemy import ColumnElement, func, select
 
 from app.models import Follow, Post
-from app.schemas.common import CursorPage, CursorQuery, Page, PageQuery
+from app.schemas.common import CursorPage, CursorQuery, PageQuery
 from app.schemas.post import PostOut
 from app.services import paging, posts
 from app.services.backends import Backends
@@ -95,12 +96,9 @@ async def offset_page_json(backends: Backends, *, viewer: Viewer, query: PageQue
         return lookup.value
     async with backends.read_sessions() as db:
         found = await posts.posts_by_ids(db, backends.media, ids, viewer)
-    items = [found[i] for i in ids if i in found and found[i].published]
-    body = (
-        Page[PostOut](items=items, total=total, limit=query.limit, offset=query.offset)
-        .model_dump_json()
-        .encode()
-    )
+    items = [found[i] for i in ids if i in found and found[i]["published"]]
+    # As `Page[PostOut]` serialises, in its order.
+    body = to_json({"items": items, "total": total, "limit": query.limit, "offset": query.offset})
     await cache.write(lookup, body)
     return body
 
@@ -141,12 +139,9 @@ async def read_json(backends: Backends, *, viewer: Viewer, query: CursorQuery) -
     async def render(members: paging.Members) -> bytes:
         async with backends.read_sessions() as db:
             found = await posts.posts_by_ids(db, backends.media, members.ids, viewer)
-        items = [found[i] for i in members.ids if i in found and found[i].published]
-        return (
-            CursorPage[PostOut](items=items, next_cursor=members.next_cursor)
-            .model_dump_json()
-            .encode()
-        )
+        items = [found[i] for i in members.ids if i in found and found[i]["published"]]
+        # As `CursorPage[PostOut]` serialises, in its order.
+        return to_json({"items": items, "next_cursor": members.next_cursor})
 
     return await paging.cached_page(
         backends.stores.cache,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import enum
 import logging
 import secrets
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -78,13 +79,69 @@ def to_out(image: Image, media: MediaStorage, *, public: bool) -> ImageOut:
 def _variant_out(
     media: MediaStorage, key: str, variant: dict[str, Any], *, public: bool
 ) -> VariantOut:
-    # URLs are built for each answer from the file's name: whether they are signed depends on
-    # the post's state now, not when the image was processed.
-    filename = PurePosixPath(variant["url"]).name
-    url = media.url(key, filename) if public else media.signed_url(key, filename)
     return VariantOut(
-        url=url, width=variant["width"], height=variant["height"], bytes=variant["bytes"]
+        url=variant_url(media, key, variant["url"], public=public),
+        width=variant["width"],
+        height=variant["height"],
+        bytes=variant["bytes"],
     )
+
+
+def variant_url(media: MediaStorage, key: str, stored_url: str, *, public: bool) -> str:
+    """A variant's URL in an answer. URLs are built for each answer from the file's name:
+    whether they are signed depends on the post's state now, not when the image was
+    processed."""
+    filename = PurePosixPath(stored_url).name
+    return media.url(key, filename) if public else media.signed_url(key, filename)
+
+
+def out_fields(fields: Sequence[Any], media: MediaStorage, *, public: bool) -> dict[str, Any]:
+    """As `to_out`, from an image's columns as `IMAGE_FIELDS` lists them (read by one statement
+    with its post, `created_at` as ISO 8601 text), as plain values ready for JSON: what
+    `ImageOut` serialises to, without validating what the database just produced."""
+    (image_id, post_id, status, alt, format_, width, height, size) = fields[:8]
+    (variants, failure_reason, task_id, created_at, key) = fields[8:]
+    when = datetime.fromisoformat(created_at)
+    return {
+        "id": image_id,
+        "post_id": post_id,
+        "status": ImageStatus(status).value,
+        "alt": alt,
+        "format": format_.lower(),
+        "width": width,
+        "height": height,
+        "bytes": size,
+        "variants": {
+            name: {
+                "url": variant_url(media, key, variant["url"], public=public),
+                "width": int(variant["width"]),
+                "height": int(variant["height"]),
+                "bytes": int(variant["bytes"]),
+            }
+            for name, variant in (variants or {}).items()
+        },
+        "failure_reason": failure_reason,
+        "task_id": task_id,
+        "created_at": when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC),
+    }
+
+
+# The columns `out_fields` takes, in its order.
+IMAGE_FIELDS = (
+    Image.id,
+    Image.post_id,
+    Image.status,
+    Image.alt,
+    Image.format,
+    Image.width,
+    Image.height,
+    Image.bytes,
+    Image.variants,
+    Image.failure_reason,
+    Image.task_id,
+    Image.created_at,
+    Image.storage_key,
+)
 
 
 async def ensure_room(db: AsyncSession, backends: Backends, *, post: Post) -> None:

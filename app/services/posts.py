@@ -348,9 +348,54 @@ async def list_posts(
         stmt = found.apply(stmt)
         if found.rank is not None:
             order = _Order(key=found.rank, descending=True, is_time=False)
+    # Narrowed by a search, a tag or a reader's likes, a list may match few posts, scattered
+    # anywhere: walking the sort's index to meet a page of them could read the whole table. So
+    # (on PostgreSQL) the matches are counted first, capped, which the planner does through the
+    # search's or the tag's index, and when there are few the page is sorted from them alone.
+    narrowed = not sqlite and _narrowed(query)
     if query.cursor is None:
-        return await _offset_page(db, backends, query, viewer, stmt, order)
-    return await _cursor_page(db, backends, query, viewer, stmt, order)
+        return await _offset_page(db, backends, query, viewer, stmt, order, narrowed=narrowed)
+    return await _cursor_page(db, backends, query, viewer, stmt, order, narrowed=narrowed)
+
+
+def _narrowed(query: PostQuery) -> bool:
+    """Whether the list may hold few posts among many: the filters no index walks in order."""
+    return query.search is not None or bool(query.tag) or query.favorited_by is not None
+
+
+async def _capped_count(
+    db: AsyncSession, query: PostQuery, viewer: Viewer | None, stmt: Select[Any], cap: int
+) -> int:
+    """How many posts `stmt` lists, counted up to `cap + 1` (the cost of counting does not grow
+    past it). Anonymous readers of one tag get the count the tag keeps of its published
+    posts, at no cost at all."""
+    names = {t.strip().lower() for t in query.tag}
+    if viewer is None and len(names) == 1 and not _other_filters(query):
+        kept = await db.scalar(select(Tag.post_count).where(Tag.name == names.pop()))
+        return min(int(kept or 0), cap + 1)
+    counted = stmt.with_only_columns(Post.id).limit(cap + 1).subquery()
+    return int(await db.scalar(select(func.count()).select_from(counted)) or 0)
+
+
+def _other_filters(query: PostQuery) -> bool:
+    return query.search is not None or query.author is not None or query.favorited_by is not None
+
+
+def _from_matches(stmt: Select[Any], order: _Order, *, limit: int, offset: int) -> Select[Any]:
+    """The page of `stmt` (with its sort key), for a list known to be short: its matches are
+    found on their own first (a MATERIALIZED CTE, planned for all of them, which the planner
+    does through the search's or the tag's index and never by walking the sort's index), the
+    page's ids are sorted from them, and only those rows are read. Bounded by the matches, not
+    the table."""
+    matches = (
+        stmt.with_only_columns(Post.id.label("id"), order.key.label("key"))
+        .cte("matches")
+        .prefix_with("MATERIALIZED")
+    )
+    picked = _sorted(select(matches.c.id, matches.c.key), matches.c.key, matches.c.id, order)
+    page = picked.limit(limit).offset(offset).subquery("page")
+    rows = select(Post, page.c.key).join(page, page.c.id == Post.id)
+    return _sorted(rows, page.c.key, Post.id, order)
 
 
 def _order(query: PostQuery) -> _Order:
@@ -365,9 +410,13 @@ def _order(query: PostQuery) -> _Order:
 
 
 def _ordered(stmt: Select[Any], order: _Order) -> Select[Any]:
+    return _sorted(stmt, order.key, Post.id, order)
+
+
+def _sorted(stmt: Select[Any], key: Any, post_id: Any, order: _Order) -> Select[Any]:
     if order.descending:
-        return stmt.order_by(order.key.desc(), Post.id.desc())
-    return stmt.order_by(order.key.asc(), Post.id.asc())
+        return stmt.order_by(key.desc(), post_id.desc())
+    return stmt.order_by(key.asc(), post_id.asc())
 
 
 def _empty(query: PostQuery) -> PostPage | CursorPage[PostOut]:
@@ -383,14 +432,18 @@ async def _offset_page(
     viewer: Viewer | None,
     stmt: Select[Any],
     order: _Order,
+    *,
+    narrowed: bool,
 ) -> PostPage:
     # Counted up to a cap (and never short of the end of this page): the cost of `total`
     # does not grow with the table.
     cap = max(TOTAL_CAP, query.offset + query.limit)
-    counted = stmt.with_only_columns(Post.id).limit(cap + 1).subquery()
-    total = int(await db.scalar(select(func.count()).select_from(counted)) or 0)
-    page = _with_relations(_ordered(stmt, order).limit(query.limit).offset(query.offset))
-    posts = list((await db.scalars(page)).unique())
+    total = await _capped_count(db, query, viewer, stmt, cap)
+    if narrowed and total <= cap:  # few matches: the page is sorted from them
+        page = _from_matches(stmt, order, limit=query.limit, offset=query.offset)
+    else:
+        page = _ordered(stmt, order).limit(query.limit).offset(query.offset)
+    posts = [row[0] for row in (await db.execute(_with_relations(page))).unique()]
     return PostPage(
         items=await _rendered(db, backends, viewer, posts),
         total=min(total, cap),
@@ -407,6 +460,8 @@ async def _cursor_page(
     viewer: Viewer | None,
     stmt: Select[Any],
     order: _Order,
+    *,
+    narrowed: bool,
 ) -> CursorPage[PostOut]:
     # A cursor belongs to one list: this sort, these filters, this viewer's drafts.
     filters = query.model_dump_json(include={"q", "tag", "author", "favorited_by"})
@@ -423,12 +478,23 @@ async def _cursor_page(
             value = _cursor_time(key)
         elif isinstance(key, str) is (query.sort.removeprefix("-") != "title"):
             raise InvalidCursor
+        # The bound on the key alone is implied by the other, but it is what starts the
+        # index walk at the cursor: an OR is only a filter, read from the top of the index.
         if order.descending:
-            stmt = stmt.where(or_(order.key < value, (order.key == value) & (Post.id < last_id)))
+            stmt = stmt.where(
+                order.key <= value,
+                or_(order.key < value, (order.key == value) & (Post.id < last_id)),
+            )
         else:
-            stmt = stmt.where(or_(order.key > value, (order.key == value) & (Post.id > last_id)))
-    page = _with_relations(_ordered(stmt, order).limit(query.limit + 1))
-    rows = (await db.execute(page)).unique().all()
+            stmt = stmt.where(
+                order.key >= value,
+                or_(order.key > value, (order.key == value) & (Post.id > last_id)),
+            )
+    if narrowed and await _capped_count(db, query, viewer, stmt, TOTAL_CAP) <= TOTAL_CAP:
+        page = _from_matches(stmt, order, limit=query.limit + 1, offset=0)
+    else:
+        page = _ordered(stmt, order).limit(query.limit + 1)
+    rows = (await db.execute(_with_relations(page))).unique().all()
     shown = rows[: query.limit]
     next_cursor = None
     if len(rows) > query.limit:

@@ -367,8 +367,9 @@ async def _capped_count(
     db: AsyncSession, query: PostQuery, viewer: Viewer | None, stmt: Select[Any], cap: int
 ) -> int:
     """How many posts `stmt` lists, counted up to `cap + 1` (the cost of counting does not grow
-    past it). Anonymous readers of one tag get the count the tag keeps of its published
-    posts, at no cost at all."""
+    past it). For anonymous readers of one tag, the count the tag keeps of its published posts
+    (one row read): on a cursor page that is more than the posts left after the cursor, which
+    only ever makes the page walk the sort's index, as it starts at the cursor."""
     names = {t.strip().lower() for t in query.tag}
     if viewer is None and len(names) == 1 and not _other_filters(query):
         kept = await db.scalar(select(Tag.post_count).where(Tag.name == names.pop()))

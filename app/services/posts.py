@@ -331,6 +331,7 @@ class _Order:
     key: Any  # a column or expression
     descending: bool
     is_time: bool
+    indexed: bool = True  # False for a search's rank, which no index holds
 
 
 async def list_posts(
@@ -347,7 +348,7 @@ async def list_posts(
             return _empty(query)
         stmt = found.apply(stmt)
         if found.rank is not None:
-            order = _Order(key=found.rank, descending=True, is_time=False)
+            order = _Order(key=found.rank, descending=True, is_time=False, indexed=False)
     # Narrowed by a search, a tag or a reader's likes, a list may match few posts, scattered
     # anywhere: walking the sort's index to meet a page of them could read the whole table. So
     # (on PostgreSQL) the matches are counted first, capped, which the planner does through the
@@ -397,6 +398,33 @@ def _from_matches(stmt: Select[Any], order: _Order, *, limit: int, offset: int) 
     page = picked.limit(limit).offset(offset).subquery("page")
     rows = select(Post, page.c.key).join(page, page.c.id == Post.id)
     return _sorted(rows, page.c.key, Post.id, order)
+
+
+# How many of the next posts of a narrowed list a cursor page looks among first; when some of
+# them match but not a page's worth, the matches are counted only up to NEAR_MATCHES pages
+# (counting costs more rows than walking to the page, the more so the more matches there are).
+NEXT_POSTS = 500
+NEAR_MATCHES = 10
+
+
+def _within_next(
+    stmt: Select[Any],
+    order: _Order,
+    after: Sequence[ColumnElement[bool]],
+    viewer: Viewer | None,
+    limit: int,
+) -> Select[Any]:
+    """The ids of the page of `stmt` among the next NEXT_POSTS posts of the whole list (down
+    the sort's index, from the cursor): the page when there are `limit` of them, as every post
+    not looked at comes after them. Costs at most NEXT_POSTS rows, and far fewer for a common
+    word or tag, whose matches counted to the cap would cost many more."""
+    visible = _visible_to(viewer)
+    following = select(Post.id.label("id"), order.key.label("key")).where(
+        *after, *([] if visible is None else [visible])
+    )
+    nearest = _ordered(following, order).limit(NEXT_POSTS).subquery("following")
+    ids = stmt.with_only_columns(Post.id).join(nearest, nearest.c.id == Post.id)
+    return _sorted(ids, nearest.c.key, nearest.c.id, order).limit(limit)
 
 
 def _order(query: PostQuery) -> _Order:
@@ -469,6 +497,7 @@ async def _cursor_page(
     digest = hashlib.blake2b(filters.encode(), digest_size=8).hexdigest()
     scope = f"posts:{query.sort}:{digest}:{_viewer_key(viewer)}"
     stmt = stmt.add_columns(order.key)
+    after: list[ColumnElement[bool]] = []  # past the cursor
     if query.cursor:
         try:
             key, last_id = backends.cursors.decode_key(scope, query.cursor)
@@ -482,20 +511,31 @@ async def _cursor_page(
         # The bound on the key alone is implied by the other, but it is what starts the
         # index walk at the cursor: an OR is only a filter, read from the top of the index.
         if order.descending:
-            stmt = stmt.where(
+            after = [
                 order.key <= value,
                 or_(order.key < value, (order.key == value) & (Post.id < last_id)),
-            )
+            ]
         else:
-            stmt = stmt.where(
+            after = [
                 order.key >= value,
                 or_(order.key > value, (order.key == value) & (Post.id > last_id)),
-            )
-    if narrowed and await _capped_count(db, query, viewer, stmt, TOTAL_CAP) <= TOTAL_CAP:
-        page = _from_matches(stmt, order, limit=query.limit + 1, offset=0)
-    else:
-        page = _ordered(stmt, order).limit(query.limit + 1)
-    rows = (await db.execute(_with_relations(page))).unique().all()
+            ]
+        stmt = stmt.where(*after)
+    rows: Sequence[Any] = []
+    cap = TOTAL_CAP
+    if narrowed and order.indexed:  # common matches are met among the next posts at once
+        near = (await db.scalars(_within_next(stmt, order, after, viewer, query.limit + 1))).all()
+        if len(near) > query.limit:
+            page = _ordered(stmt.where(Post.id.in_(near)), order)
+            rows = (await db.execute(_with_relations(page))).unique().all()
+        elif near:  # some, but not a page: a walk meets a page soon unless they are very few
+            cap = min(cap, NEAR_MATCHES * (query.limit + 1))
+    if len(rows) <= query.limit:
+        if narrowed and await _capped_count(db, query, viewer, stmt, cap) <= cap:
+            page = _from_matches(stmt, order, limit=query.limit + 1, offset=0)
+        else:
+            page = _ordered(stmt, order).limit(query.limit + 1)
+        rows = (await db.execute(_with_relations(page))).unique().all()
     shown = rows[: query.limit]
     next_cursor = None
     if len(rows) > query.limit:

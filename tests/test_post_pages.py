@@ -424,7 +424,7 @@ async def test_narrowed_lists_page_alike_from_few_matches_or_down_the_index(
 ) -> None:
     # A search, a tag or a reader's likes matching no more than TOTAL_CAP posts is paged from
     # its matches; more, and down the sort's index; a cursor page first looks among the next
-    # NEXT_POSTS posts. All give the same pages.
+    # NEXT_PAGES pages' worth of posts. All give the same pages.
     alice, bob = await register(client), await register(client)
     posts = []
     for n in range(9):
@@ -464,11 +464,11 @@ async def test_narrowed_lists_page_alike_from_few_matches_or_down_the_index(
                 params = {"limit": 2, **narrowed, **paging}
                 ways = []
                 # Cursor pages look among the next posts first, then count up to the cap.
-                for cap, next_posts in ((1000, 500), (1000, 1), (1, 1)):
+                for cap, next_pages in ((1000, 10), (1, 10), (1000, 0), (1, 0)):
                     monkeypatch.setattr(post_service, "TOTAL_CAP", cap)
-                    monkeypatch.setattr(post_service, "NEXT_POSTS", next_posts)
+                    monkeypatch.setattr(post_service, "NEXT_PAGES", next_pages)
                     ways.append(await list_ids(app, viewer, **params))
-                assert ways[0] == ways[1] == ways[2], (viewer, params)
+                assert ways[0] == ways[1] == ways[2] == ways[3], (viewer, params)
                 flat = [i for p in ways[0] for i in p]
                 assert len(flat) == len(set(flat)) > 1, (viewer, params)
     # An anonymous reader of one tag is told the count the tag keeps: published posts only.

@@ -400,10 +400,11 @@ def _from_matches(stmt: Select[Any], order: _Order, *, limit: int, offset: int) 
     return _sorted(rows, page.c.key, Post.id, order)
 
 
-# How many of the next posts of a narrowed list a cursor page looks among first; when some of
-# them match but not a page's worth, the matches are counted only up to NEAR_MATCHES pages
-# (counting costs more rows than walking to the page, the more so the more matches there are).
-NEXT_POSTS = 500
+# A cursor page of a narrowed list looks first among the next NEXT_PAGES pages' worth of posts
+# of the whole list; when some of them match but not a page's worth, the matches are counted
+# only up to NEAR_MATCHES pages (counting costs more rows than walking to the page, the more so
+# the more matches there are).
+NEXT_PAGES = 10
 NEAR_MATCHES = 10
 
 
@@ -414,15 +415,15 @@ def _within_next(
     viewer: Viewer | None,
     limit: int,
 ) -> Select[Any]:
-    """The ids of the page of `stmt` among the next NEXT_POSTS posts of the whole list (down
-    the sort's index, from the cursor): the page when there are `limit` of them, as every post
-    not looked at comes after them. Costs at most NEXT_POSTS rows, and far fewer for a common
-    word or tag, whose matches counted to the cap would cost many more."""
+    """The ids of the page of `stmt` among the next NEXT_PAGES * `limit` posts of the whole list
+    (down the sort's index, from the cursor): the page when there are `limit` of them, as every
+    post not looked at comes after them. Costs at most that many rows, and far fewer for a
+    common word or tag, whose matches counted to the cap would cost many more."""
     visible = _visible_to(viewer)
     following = select(Post.id.label("id"), order.key.label("key")).where(
         *after, *([] if visible is None else [visible])
     )
-    nearest = _ordered(following, order).limit(NEXT_POSTS).subquery("following")
+    nearest = _ordered(following, order).limit(NEXT_PAGES * limit).subquery("following")
     ids = stmt.with_only_columns(Post.id).join(nearest, nearest.c.id == Post.id)
     return _sorted(ids, nearest.c.key, nearest.c.id, order).limit(limit)
 

@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import FastAPI
+from sqlalchemy import event, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.models import Post, Tag
 from app.models.post import post_tag
-from app.schemas.post import MAX_OFFSET, SEARCH_MAX_LENGTH
+from app.schemas.post import MAX_OFFSET, SEARCH_MAX_LENGTH, PostQuery
 from app.services import posts as post_service
 from tests.conftest import QueryCounter
 from tests.factories import Account, create_post, register
@@ -387,3 +389,139 @@ async def test_tag_counts_stay_exact_under_concurrent_edits(
         .group_by(Tag.name)
     )
     assert await tag_counts(client) == dict(counted.tuples().all())
+
+
+# --- lists narrowed to few posts ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Reader:
+    id: int
+    is_admin: bool = False
+
+
+async def list_ids(app: FastAPI, viewer: Reader | None, **params: Any) -> list[list[int]]:
+    """The pages of a list as the service gives them (no response cache): by cursor when
+    `cursor` is given, else by offset until a page is short."""
+    pages: list[list[int]] = []
+    backends = app.state.backends
+    offset, cursor = 0, params.pop("cursor", None)
+    while len(pages) < 50:
+        paging = {"cursor": cursor} if cursor is not None else {"offset": offset}
+        query = PostQuery.model_validate(params | paging)
+        async with backends.read_sessions() as session:
+            page = await post_service.list_posts(session, backends, query=query, viewer=viewer)
+        pages.append([item["id"] for item in page["items"]])
+        if "total" in page:
+            offset += query.limit
+            if len(page["items"]) < query.limit:
+                return pages
+        elif (cursor := page["next_cursor"]) is None:
+            return pages
+    raise AssertionError("endless list")
+
+
+async def test_narrowed_lists_page_alike_from_few_matches_or_down_the_index(
+    app: FastAPI, client: httpx.AsyncClient, db: AsyncSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A search, a tag or a reader's likes matching no more than TOTAL_CAP posts is paged from
+    # its matches; more, and down the sort's index; a cursor page first looks among the next
+    # NEXT_PAGES pages' worth of posts. All give the same pages.
+    alice, bob = await register(client), await register(client)
+    posts = []
+    for n in range(9):
+        post = await create_post(
+            client,
+            alice if n % 3 else bob,
+            title=["b", "A", "c", "a", "B", "d", "C", "e", "f"][n] + " needle" * (n % 2),
+            content="needle" if n % 3 != 1 else "hay",
+            tags=["x"] if n % 4 else ["x", "y"],
+            published=n != 4,
+        )
+        posts.append(post)
+        if n % 2:
+            response = await client.put(f"/api/posts/{post['id']}/like", headers=bob.headers)
+            assert response.status_code in (200, 204), response.text
+    for n, post in enumerate(posts):  # ties, so that the id tie-breaker is crossed
+        await db.execute(
+            update(Post)
+            .where(Post.id == post["id"])
+            .values(created_at=BASE_TIME + timedelta(minutes=n // 2), likes=n % 3)
+        )
+    await db.commit()
+    viewers = [None, Reader(alice.id), Reader(bob.id, is_admin=True)]
+    lists: list[dict[str, Any]] = [
+        {"tag": ["x"]},
+        {"tag": ["X ", "x"]},
+        {"tag": ["x", "y"]},
+        {"q": "needle"},
+        {"q": "needle", "sort": "relevance"},
+        {"q": "needle", "tag": ["x"], "sort": "title"},
+        {"favorited_by": bob.username, "sort": "-likes"},
+        {"tag": ["x"], "sort": "-updated_at"},
+    ]
+    for viewer in viewers:
+        for narrowed in lists:
+            for paging in ({}, {"cursor": ""}):
+                params = {"limit": 2, **narrowed, **paging}
+                ways = []
+                # Cursor pages look among the next posts first, then count up to the cap.
+                for cap, next_pages in ((1000, 10), (1, 10), (1000, 0), (1, 0)):
+                    monkeypatch.setattr(post_service, "TOTAL_CAP", cap)
+                    monkeypatch.setattr(post_service, "NEXT_PAGES", next_pages)
+                    ways.append(await list_ids(app, viewer, **params))
+                assert ways[0] == ways[1] == ways[2] == ways[3], (viewer, params)
+                flat = [i for p in ways[0] for i in p]
+                assert len(flat) == len(set(flat)) > 1, (viewer, params)
+    # An anonymous reader of one tag is told the count the tag keeps: published posts only.
+    monkeypatch.setattr(post_service, "TOTAL_CAP", 1000)
+    page = await get_page(client, tag="y", limit=1)
+    assert (page["total"], page["total_exact"]) == (2, True)  # posts 0 and 8; 4 is a draft
+    monkeypatch.setattr(post_service, "TOTAL_CAP", 1)
+    page = await get_page(client, tag="x", limit=1, offset=0)
+    assert (page["total"], page["total_exact"]) == (1, False)
+
+
+async def explained(db: AsyncSession, statement: str, parameters: Any) -> str:
+    """PostgreSQL's plan for a statement as the app sent it, with every index preferred to a
+    scan of the table (as it would be at a million rows, not the few of a test)."""
+    await db.execute(text("SET LOCAL enable_seqscan = off"))
+    await db.execute(text("SET LOCAL enable_sort = off"))
+    connection = await db.connection()
+    result = await connection.exec_driver_sql("EXPLAIN " + statement, parameters)
+    plan = "\n".join(row[0] for row in result)
+    await db.rollback()
+    return plan
+
+
+async def test_postgres_pages_few_matches_from_their_index_and_starts_a_cursor_at_it(
+    app: FastAPI, client: httpx.AsyncClient, db: AsyncSession, engine: AsyncEngine
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's plans")
+    alice = await register(client)
+    for n in range(30):
+        await create_post(client, alice, content=f"needle {n}", tags=["x"])
+    sent: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        sent.append((statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        await list_ids(app, None, limit=5, q="zqxjvwk")
+        absent = [s for s in sent if "websearch_to_tsquery" in s[0]]
+        sent.clear()
+        await list_ids(app, None, limit=5, cursor="")
+        cursor_pages = [s for s in sent if "ORDER BY post.created_at DESC" in s[0]]
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    # A word no post has: the page is sorted from the matches, found through the GIN index,
+    # never by walking the newest-first index (which reads every row for a word that is
+    # nowhere).
+    page = absent[-1]
+    assert "AS MATERIALIZED" in page[0]
+    plan = await explained(db, *page)
+    assert "ix_post_search_vector" in plan, plan
+    assert "ix_post_created_at_id" not in plan, plan
+    # A cursor page starts its walk of the index at the cursor, not from the top.
+    plan = await explained(db, *cursor_pages[-1])
+    assert "Index Cond: (created_at <=" in plan.replace("post.created_at", "created_at"), plan

@@ -238,10 +238,14 @@ async def test_one_statement_per_read_and_per_page(
     before = count_queries.count
     await posts.read_json(backends, post_id=1, viewer=viewer)
     assert count_queries.count - before == 1
+    postgres = db.get_bind().dialect.name == "postgresql"
     for query in queries:
         before = count_queries.count
         await posts.list_json(backends, query=query, viewer=viewer)
-        assert count_queries.count - before == 1, query
+        # On PostgreSQL a list narrowed by tags or a search counts its matches first, to page
+        # few of them from the matches alone (posts._narrowed).
+        narrowed = postgres and (bool(query.tag) or query.search is not None)
+        assert count_queries.count - before == (2 if narrowed else 1), query
     async with backends.read_sessions() as session:
         before = count_queries.count
         await posts.posts_by_ids(session, backends.media, [1, 2, 3, 5, 8], viewer)

@@ -330,6 +330,7 @@ class _Order:
     key: Any  # a column or expression
     descending: bool
     is_time: bool
+    indexed: bool = True  # False for a search's rank, which no index holds
 
 
 async def list_posts(
@@ -337,7 +338,8 @@ async def list_posts(
 ) -> dict[str, Any]:
     """One page, by `offset` (with a bounded count) or by cursor (no count), as `PostPage` or
     `CursorPage[PostOut]` serialise: the rows with their authors, tags, images and the viewer's
-    likes, in one statement (the count folded in)."""
+    likes, in one statement (the count folded in) — on PostgreSQL a list narrowed by a search,
+    tags or likes counts its matches first (see `_narrowed`)."""
     sqlite = db.get_bind().dialect.name == "sqlite"
     stmt = select(Post).where(*_filters(query, viewer))
     order = _order(query)
@@ -347,10 +349,86 @@ async def list_posts(
             return _empty(query)
         stmt = found.apply(stmt)
         if found.rank is not None:
-            order = _Order(key=found.rank, descending=True, is_time=False)
+            order = _Order(key=found.rank, descending=True, is_time=False, indexed=False)
+    # Narrowed by a search, a tag or a reader's likes, a list may match few posts, scattered
+    # anywhere: walking the sort's index to meet a page of them could read the whole table. So
+    # (on PostgreSQL) the matches are counted first, capped, which the planner does through the
+    # search's or the tag's index, and when there are few the page is sorted from them alone.
+    narrowed = not sqlite and _narrowed(query)
     if query.cursor is None:
-        return await _offset_page(db, backends, query, viewer, stmt, order, sqlite=sqlite)
-    return await _cursor_page(db, backends, query, viewer, stmt, order, sqlite=sqlite)
+        return await _offset_page(
+            db, backends, query, viewer, stmt, order, sqlite=sqlite, narrowed=narrowed
+        )
+    return await _cursor_page(
+        db, backends, query, viewer, stmt, order, sqlite=sqlite, narrowed=narrowed
+    )
+
+
+def _narrowed(query: PostQuery) -> bool:
+    """Whether the list may hold few posts among many: the filters no index walks in order."""
+    return query.search is not None or bool(query.tag) or query.favorited_by is not None
+
+
+async def _capped_count(
+    db: AsyncSession, query: PostQuery, viewer: Viewer | None, stmt: Select[Any], cap: int
+) -> int:
+    """How many posts `stmt` lists, counted up to `cap + 1` (the cost of counting does not grow
+    past it). For anonymous readers of one tag, the count the tag keeps of its published posts
+    (one row read): on a cursor page that is more than the posts left after the cursor, which
+    only ever makes the page walk the sort's index, as it starts at the cursor."""
+    names = {t.strip().lower() for t in query.tag}
+    if viewer is None and len(names) == 1 and not _other_filters(query):
+        kept = await db.scalar(select(Tag.post_count).where(Tag.name == names.pop()))
+        return min(int(kept or 0), cap + 1)
+    counted = stmt.with_only_columns(Post.id).limit(cap + 1).subquery()
+    return int(await db.scalar(select(func.count()).select_from(counted)) or 0)
+
+
+def _other_filters(query: PostQuery) -> bool:
+    return query.search is not None or query.author is not None or query.favorited_by is not None
+
+
+def _from_matches(stmt: Select[Any], order: _Order, *, limit: int, offset: int) -> Select[Any]:
+    """The page of `stmt` as its ids and sort keys (for `_page_rows`), for a list known to be
+    short: its matches are found on their own first (a MATERIALIZED CTE, planned for all of
+    them, which the planner does through the search's or the tag's index and never by walking
+    the sort's index), and the page's ids are sorted from them. Bounded by the matches, not the
+    table."""
+    matches = (
+        stmt.with_only_columns(Post.id.label("id"), order.key.label("key"))
+        .cte("matches")
+        .prefix_with("MATERIALIZED")
+    )
+    picked = _sorted(select(matches.c.id, matches.c.key), matches.c.key, matches.c.id, order)
+    return picked.limit(_inline(limit)).offset(_inline(offset))
+
+
+# A cursor page of a narrowed list looks first among the next NEXT_PAGES pages' worth of posts
+# of the whole list; when some of them match but not a page's worth, the matches are counted
+# only up to NEAR_MATCHES pages (counting costs more rows than walking to the page, the more so
+# the more matches there are).
+NEXT_PAGES = 10
+NEAR_MATCHES = 10
+
+
+def _within_next(
+    stmt: Select[Any],
+    order: _Order,
+    after: Sequence[ColumnElement[bool]],
+    viewer: Viewer | None,
+    limit: int,
+) -> Select[Any]:
+    """The ids of the page of `stmt` among the next NEXT_PAGES * `limit` posts of the whole list
+    (down the sort's index, from the cursor): the page when there are `limit` of them, as every
+    post not looked at comes after them. Costs at most that many rows, and far fewer for a
+    common word or tag, whose matches counted to the cap would cost many more."""
+    visible = _visible_to(viewer)
+    following = select(Post.id.label("id"), order.key.label("key")).where(
+        *after, *([] if visible is None else [visible])
+    )
+    nearest = _ordered(following, order).limit(NEXT_PAGES * limit).subquery("following")
+    ids = stmt.with_only_columns(Post.id).join(nearest, nearest.c.id == Post.id)
+    return _sorted(ids, nearest.c.key, nearest.c.id, order).limit(limit)
 
 
 def _order(query: PostQuery) -> _Order:
@@ -365,9 +443,13 @@ def _order(query: PostQuery) -> _Order:
 
 
 def _ordered(stmt: Select[Any], order: _Order) -> Select[Any]:
+    return _sorted(stmt, order.key, Post.id, order)
+
+
+def _sorted(stmt: Select[Any], key: Any, post_id: Any, order: _Order) -> Select[Any]:
     if order.descending:
-        return stmt.order_by(order.key.desc(), Post.id.desc())
-    return stmt.order_by(order.key.asc(), Post.id.asc())
+        return stmt.order_by(key.desc(), post_id.desc())
+    return stmt.order_by(key.asc(), post_id.asc())
 
 
 def _empty(query: PostQuery) -> dict[str, Any]:
@@ -398,12 +480,24 @@ async def _offset_page(
     order: _Order,
     *,
     sqlite: bool,
+    narrowed: bool,
 ) -> dict[str, Any]:
     # Counted up to a cap (and never short of the end of this page): the cost of `total`
     # does not grow with the table. The count rides along with the page's rows, as a scalar
     # subquery (an InitPlan, evaluated once); it is asked for apart only when the page is
     # empty past the first row.
     cap = max(TOTAL_CAP, query.offset + query.limit)
+    if narrowed:
+        # Counted first (up to the cap): few matches are paged from them alone.
+        total = await _capped_count(db, query, viewer, stmt, cap)
+        if total <= cap:
+            paged = _from_matches(stmt, order, limit=query.limit, offset=query.offset)
+        else:
+            paged = _ordered(_keyed(stmt, order), order)
+            paged = paged.limit(_inline(query.limit)).offset(_inline(query.offset))
+        rows = (await db.execute(_page_rows(paged, order, viewer, sqlite))).all()
+        items = [_post_fields(row, backends.media) for row in rows]
+        return _offset_fields(items, min(total, cap), total <= cap, query)
     counted = stmt.with_only_columns(Post.id).limit(_inline(cap + 1)).subquery()
     counting = select(func.count()).select_from(counted)
     paged = _ordered(_keyed(stmt, order), order)
@@ -429,11 +523,13 @@ async def _cursor_page(
     order: _Order,
     *,
     sqlite: bool,
+    narrowed: bool,
 ) -> dict[str, Any]:
     # A cursor belongs to one list: this sort, these filters, this viewer's drafts.
     filters = query.model_dump_json(include={"q", "tag", "author", "favorited_by"})
     digest = hashlib.blake2b(filters.encode(), digest_size=8).hexdigest()
     scope = f"posts:{query.sort}:{digest}:{_viewer_key(viewer)}"
+    after: list[ColumnElement[bool]] = []  # past the cursor
     if query.cursor:
         try:
             key, last_id = backends.cursors.decode_key(scope, query.cursor)
@@ -444,11 +540,32 @@ async def _cursor_page(
             value = _cursor_time(key)
         elif isinstance(key, str) is (query.sort.removeprefix("-") != "title"):
             raise InvalidCursor
+        # The bound on the key alone is implied by the other, but it is what starts the
+        # index walk at the cursor: an OR is only a filter, read from the top of the index.
         if order.descending:
-            stmt = stmt.where(or_(order.key < value, (order.key == value) & (Post.id < last_id)))
+            after = [
+                order.key <= value,
+                or_(order.key < value, (order.key == value) & (Post.id < last_id)),
+            ]
         else:
-            stmt = stmt.where(or_(order.key > value, (order.key == value) & (Post.id > last_id)))
-    paged = _ordered(_keyed(stmt, order), order).limit(_inline(query.limit + 1))
+            after = [
+                order.key >= value,
+                or_(order.key > value, (order.key == value) & (Post.id > last_id)),
+            ]
+        stmt = stmt.where(*after)
+    paged: Select[Any] | None = None
+    cap = TOTAL_CAP
+    if narrowed and order.indexed:  # common matches are met among the next posts at once
+        near = (await db.scalars(_within_next(stmt, order, after, viewer, query.limit + 1))).all()
+        if len(near) > query.limit:
+            paged = _ordered(_keyed(stmt.where(Post.id.in_(near)), order), order)
+        elif near:  # some, but not a page: a walk meets a page soon unless they are very few
+            cap = min(cap, NEAR_MATCHES * (query.limit + 1))
+    if paged is None:
+        if narrowed and await _capped_count(db, query, viewer, stmt, cap) <= cap:
+            paged = _from_matches(stmt, order, limit=query.limit + 1, offset=0)
+        else:
+            paged = _ordered(_keyed(stmt, order), order).limit(_inline(query.limit + 1))
     rows = (await db.execute(_page_rows(paged, order, viewer, sqlite))).all()
     shown = rows[: query.limit]
     next_cursor = None

@@ -16,7 +16,6 @@ from app.database.session import session_scope
 from app.database.types import MAX_ID
 from app.errors import AdminRequired, Unauthorized
 from app.models import Post, User
-from app.schemas.common import PageQuery
 from app.schemas.post import PostQuery
 from app.services import auth, posts, users
 from app.services.backends import Backends
@@ -162,4 +161,3 @@ UserById = Annotated[User, Depends(user_by_id)]
 
 
 PostQueryDep = Annotated[PostQuery, Query()]
-PageParams = Annotated[PageQuery, Query()]

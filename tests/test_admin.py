@@ -673,3 +673,38 @@ async def test_first_admin_with_a_common_password_is_not_created(
     assert (await db.scalar(select(func.count()).select_from(User))) == 0
     (record,) = [r for r in caplog.records if r.name == "app.main" and r.levelno == logging.ERROR]
     assert "most common" in record.__dict__["reason"]
+
+
+async def test_admin_lists_users_by_cursor(client: httpx.AsyncClient, db: AsyncSession) -> None:
+    admin = await new_admin(client, db, "root")
+    for n in range(5):
+        await register(client, username=f"user{n}")
+    everyone = (await client.get("/api/users", params={"limit": 100}, headers=admin.headers)).json()
+    assert set(everyone) == {"items", "total", "limit", "offset"}
+    walked: list[int] = []
+    cursor = ""
+    while True:
+        response = await client.get(
+            "/api/users", params={"limit": 2, "cursor": cursor}, headers=admin.headers
+        )
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert set(page) == {"items", "next_cursor"}
+        walked += [user["id"] for user in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        cursor = page["next_cursor"]
+    assert walked == [user["id"] for user in everyone["items"]]
+
+    first = (
+        await client.get("/api/users", params={"limit": 2, "cursor": ""}, headers=admin.headers)
+    ).json()
+    tampered = first["next_cursor"][:-2] + ("A" if first["next_cursor"][-2] != "A" else "B") + "x"
+    for bad in ("zzz", tampered):
+        response = await client.get("/api/users", params={"cursor": bad}, headers=admin.headers)
+        assert_problem(response, 422, "invalid_cursor")
+    both = await client.get("/api/users", params={"cursor": "", "offset": 2}, headers=admin.headers)
+    assert_problem(both, 422, "validation_error")
+    alice = await register(client, username="alice")
+    refused = await client.get("/api/users", params={"cursor": ""}, headers=alice.headers)
+    assert refused.status_code == 403, refused.text

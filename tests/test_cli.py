@@ -14,14 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from app.cli.seed import SEED_EMAIL_DOMAIN
 from app.config import Settings
 from app.models import Comment, Follow, Post, Tag, User
 from app.models.post import post_tag
 from app.schemas.user import PasswordResetRequest
-from tests.conftest import ROOT, settings_env
+from tests.conftest import ROOT, make_settings, settings_env
 from tests.factories import create_post, login, register
 
 CLI_TIMEOUT_S = 120
@@ -194,6 +194,45 @@ async def test_seed_adds_users_and_posts_that_work_through_the_api(
     post = next(iter(new_posts))
     read = await client.get(f"/api/posts/{post}", headers=headers)
     assert read.status_code in (200, 404)  # 404: someone else's draft
+
+
+async def _seeded_posts(url: str) -> list[tuple[str, list[str]]]:
+    """Each seeded post (its author has the seed's e-mail domain): its title and tag names."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            names = (
+                func.group_concat(Tag.name)
+                if engine.dialect.name == "sqlite"
+                else func.string_agg(Tag.name, ",")
+            )
+            rows = await conn.execute(
+                select(Post.title, func.coalesce(names, ""))
+                .select_from(Post)
+                .join(User, User.id == Post.author_id)
+                .outerjoin(post_tag, post_tag.c.post_id == Post.id)
+                .outerjoin(Tag, Tag.id == post_tag.c.tag_id)
+                .where(User.email.endswith(SEED_EMAIL_DOMAIN))
+                .group_by(Post.id)
+                .order_by(Post.title, Post.id)
+            )
+            return [(title, sorted(filter(None, tags.split(",")))) for title, tags in rows]
+    finally:
+        await engine.dispose()
+
+
+async def test_the_same_seed_gives_the_same_data_on_either_database(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The suite's database (PostgreSQL in the services run) and a fresh SQLite file."""
+    other = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'other.sqlite3'}", tmp_path / "data")
+    succeeded(await cli(other, "migrate"))
+    for where in (settings, other):
+        succeeded(await cli(where, "seed", "--users", "3", "--posts", "30", "--seed", "11"))
+    here = await _seeded_posts(str(settings.database_url))
+    there = await _seeded_posts(str(other.database_url))
+    assert here == there
+    assert any(tags for _, tags in here)
 
 
 async def test_seed_fills_follows_and_comments_for_a_living_feed(

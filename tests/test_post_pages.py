@@ -227,6 +227,72 @@ async def test_web_search_syntax(client: httpx.AsyncClient) -> None:
     assert set(ids(await get_page(client, q="birds OR only"))) == {birds["id"], cats_only["id"]}
 
 
+# PostgreSQL's `websearch_to_tsquery` reading of each text (printed beside it), which the
+# embedded mode's FTS5 search follows: the same posts in both modes.
+WEB_SEARCHES = [
+    ("cats or dogs", "'cats' | 'dogs'", {"cats", "dogs", "both"}),
+    ("cats OR dogs", "'cats' | 'dogs'", {"cats", "dogs", "both"}),
+    ("cats dogs OR birds", "'cats' & 'dogs' | 'birds'", {"both", "birds"}),
+    ("-cats", "!'cats'", {"dogs", "birds", "either"}),
+    ("dogs -cats", "'dogs' & !'cats'", {"dogs"}),
+    ("dogs - cats", "'dogs' & !'cats'", {"dogs"}),
+    ("--cats", "!!'cats'", {"cats", "both"}),
+    ("birds OR -dogs", "'birds' | !'dogs'", {"cats", "birds", "either"}),
+    ('-"cats and dogs" cats', "!( 'cats' <-> 'and' <-> 'dogs' ) & 'cats'", {"cats"}),
+    ("either or", "'either' & 'or'", {"either"}),
+    ("or either", "'or' & 'either'", {"either"}),
+    ("cats or or either", "'cats' | 'or' & 'either'", {"cats", "both", "either"}),
+    ("cats OR * birds", "'cats' | 'birds'", {"cats", "both", "birds"}),
+    ("cats OR -", "'cats'", {"cats", "both"}),
+]
+
+
+@pytest.mark.parametrize(("q", "tsquery", "expected"), WEB_SEARCHES)
+async def test_both_modes_read_a_web_search_as_postgresql_does(
+    client: httpx.AsyncClient, q: str, tsquery: str, expected: set[str]
+) -> None:
+    alice = await register(client)
+    titles = {
+        "cats": "cats purr",
+        "dogs": "dogs bark",
+        "both": "cats and dogs",
+        "birds": "birds sing",
+        "either": "either this or that",
+    }
+    names = {
+        (await create_post(client, alice, title=t, content="x"))["id"]: n for n, t in titles.items()
+    }
+    for params in ({}, {"sort": "relevance"}, {"cursor": ""}):
+        found = {names[i] for i in ids(await get_page(client, q=q, **params))}
+        assert found == expected, f"{q!r} is {tsquery} on PostgreSQL"
+
+
+async def test_a_relevance_cursor_walk_survives_posts_added_between_pages(
+    client: httpx.AsyncClient,
+) -> None:
+    """A post's rank depends on its own words only (not on how many posts hold them), so
+    posts written between two pages neither repeat nor hide those already there."""
+    alice = await register(client)
+    present = [
+        (await create_post(client, alice, title=f"otter {n}", content="otter " * n))["id"]
+        for n in range(1, 9)
+    ]
+    seen: list[int] = []
+    cursor = ""
+    for n in range(20):
+        page = await get_page(client, q="otter", sort="relevance", limit=2, cursor=cursor)
+        seen += ids(page)
+        # New posts, some ranked above the cursor and some below, and some that change the
+        # word's frequency in the whole table.
+        await create_post(client, alice, title="otter otter", content="otter " * (n % 5) + "x")
+        await create_post(client, alice, title=f"unrelated {n}", content="words")
+        if page["next_cursor"] is None:
+            break
+        cursor = page["next_cursor"]
+    assert len(seen) == len(set(seen)), "a post came twice"
+    assert set(present) <= set(seen), "a post was skipped"
+
+
 @pytest.mark.parametrize(
     "q",
     [

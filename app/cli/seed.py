@@ -248,7 +248,9 @@ async def _ensure_tags(engine: AsyncEngine) -> list[int]:
         missing = [{"name": name} for name in TAGS if name not in existing]
         if missing:
             await conn.execute(insert(Tag), missing)
-        return list(await conn.scalars(select(Tag.id).where(Tag.name.in_(TAGS))))
+        # In TAGS' order: the same `--seed` picks the same tags on either database.
+        ids = dict((await conn.execute(select(Tag.name, Tag.id).where(Tag.name.in_(TAGS)))).all())
+        return [ids[name] for name in TAGS]
 
 
 async def _insert_posts(

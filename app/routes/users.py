@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Response, status
+from fastapi import APIRouter, BackgroundTasks, Query, Response, status
 
 from app.dependencies import (
     AdminPrincipal,
@@ -11,12 +12,11 @@ from app.dependencies import (
     CurrentPrincipal,
     CurrentUser,
     DbSession,
-    PageParams,
     SessionFactory,
     UserById,
 )
 from app.routes.tokens import NO_STORE
-from app.schemas.common import Page, problem_responses
+from app.schemas.common import CursorPage, Page, problem_responses
 from app.schemas.user import (
     AdminUserUpdate,
     PasswordChange,
@@ -25,6 +25,7 @@ from app.schemas.user import (
     SessionOut,
     TokenBody,
     UserCreate,
+    UserListQuery,
     UserOut,
     UserPublic,
 )
@@ -182,11 +183,18 @@ async def resend_verification(
     "",
     operation_id="users-list",
     summary="List users (admin)",
-    response_model=Page[UserOut],
+    description="Oldest first. With `cursor` (empty for the first page) the answer is a cursor "
+    "page, `{items, next_cursor}`; a changed or another list's cursor is 422.",
+    response_model=Page[UserOut] | CursorPage[UserOut],
     responses=problem_responses(401, 403, 422),
 )
-async def list_users(_: AdminPrincipal, page: PageParams, db: DbSession) -> Page[UserOut]:
-    return await users.list_users(db, page=page)
+async def list_users(
+    _: AdminPrincipal,
+    query: Annotated[UserListQuery, Query()],
+    db: DbSession,
+    backends: BackendsDep,
+) -> Page[UserOut] | CursorPage[UserOut]:
+    return await users.list_users(db, backends, query=query)
 
 
 # `:int`: only numbers name a user, so `/api/users/verify` and `/api/users/me` never reach these

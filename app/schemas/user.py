@@ -15,7 +15,14 @@ from pydantic import (
 )
 
 from app.core import password_policy
-from app.schemas.common import PatchModel, RequestModel, example
+from app.schemas.common import (
+    CURSOR_MAX_LENGTH,
+    NulFreeModel,
+    PageQuery,
+    PatchModel,
+    RequestModel,
+    example,
+)
 from app.schemas.token import TokenPair
 
 USERNAME_PATTERN = r"^[a-z0-9_]{3,32}$"
@@ -189,3 +196,20 @@ class PasswordResetConfirm(RequestModel):
 
     token: str = Field(min_length=1, max_length=512)
     new_password: Password
+
+
+class UserListQuery(PageQuery, NulFreeModel):
+    """Paging of the administrators' user list: `limit` with `offset` or `cursor`, by id."""
+
+    cursor: str | None = Field(
+        None,
+        max_length=CURSOR_MAX_LENGTH,
+        description="Page by cursor: empty for the first page, then the previous page's "
+        "`next_cursor`. The answer is then `{items, next_cursor}` (no `total`).",
+    )
+
+    @model_validator(mode="after")
+    def _one_way_of_paging(self) -> UserListQuery:
+        if self.cursor is not None and self.offset:
+            raise ValueError("page with either `offset` or `cursor`, not both")
+        return self

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Float,
     Integer,
     Select,
+    and_,
     bindparam,
     column,
     delete,
@@ -76,8 +77,8 @@ _SORT_COLUMNS: dict[str, Any] = {
 }
 # SQLite's full-text index of posts (migration 0007): its rowid is the post's id.
 _POST_FTS = table("post_fts", column("rowid"))
-# bm25 weights of title, summary and content, as PostgreSQL's A, B and C.
-_FTS_WEIGHTS = (10.0, 4.0, 1.0)
+# The weights of title, summary and content: `ts_rank`'s own for A, B and C (1.0, 0.4, 0.2).
+_FTS_WEIGHTS = (10.0, 4.0, 2.0)
 
 
 def _with_relations(stmt: Select[Post]) -> Select[Post]:
@@ -635,57 +636,106 @@ class _Found:
 
 def _search(text: str, *, sqlite: bool, ranked: bool) -> _Found | None:
     """The posts matching a web-style search, higher rank better; None when the text holds
-    nothing that can match."""
+    nothing that can match. Both databases read the text alike (`websearch_to_tsquery`'s rules,
+    see `web_search`), and both rank a post by its own words alone, so a rank never changes
+    when other posts come and go (and cursors ordered by it stay exact)."""
     if not sqlite:
         tsquery = func.websearch_to_tsquery(literal(SEARCH_CONFIG, REGCONFIG), text)
         rank = func.ts_rank(Post.search_vector, tsquery) if ranked else None
         return _Found(Post.search_vector.op("@@")(tsquery), None, rank)
-    expression = fts5_query(text)
-    if expression is None:
+    groups = web_search(text)
+    if not groups:
         return None
-    fts: ColumnElement[Any] = literal_column("post_fts")
-    matching = select(_POST_FTS.c.rowid.label("id")).where(fts.op("MATCH")(expression))
-    if not ranked:
-        return _Found(Post.id.in_(matching), None, None)
-    ranks = matching.add_columns((-func.bm25(fts, *_FTS_WEIGHTS, type_=Float)).label("rank"))
-    joined = ranks.subquery("matched")
-    return _Found(None, joined, joined.c.rank)
+    if all(any(not negated for negated, _ in group) for group in groups):
+        # Each alternative has a word to look up: one FTS5 expression for all of it.
+        matching = select(_POST_FTS.c.rowid.label("id")).where(_match(fts5_expression(groups)))
+        if not ranked:
+            return _Found(Post.id.in_(matching), None, None)
+        joined = matching.add_columns(_FTS_RANK.label("rank")).subquery("matched")
+        return _Found(None, joined, joined.c.rank)
+    # An alternative made only of exclusions (`-word`): sets of posts, as PostgreSQL reads it.
+    condition = or_(
+        *(
+            and_(
+                *(
+                    Post.id.not_in(_matches(phrase)) if negated else Post.id.in_(_matches(phrase))
+                    for negated, phrase in group
+                )
+            )
+            for group in groups
+        )
+    )
+    return _Found(condition, None, literal(0.0, Float) if ranked else None)
 
+
+def _matches(phrase: str) -> Select[Any]:
+    return select(_POST_FTS.c.rowid).where(_match(phrase))
+
+
+def _match(expression: str) -> ColumnElement[bool]:
+    return literal_column("post_fts").op("MATCH")(expression)
+
+
+def _marks(column: int) -> ColumnElement[Any]:
+    """How many times the search's words occur in this column of the post: FTS5's `highlight`
+    marks each occurrence with a control character, counted here."""
+    marked = func.coalesce(func.highlight(literal_column("post_fts"), column, _MARK, ""), "")
+    return func.length(marked) - func.length(func.replace(marked, _MARK, ""))
+
+
+_MARK = "\x01"
+# The weighted count of the search's words in the title, summary and content (PostgreSQL's
+# `ts_rank` weighs A, B and C the same way): the post's own, whatever else the table holds.
+_FTS_RANK: ColumnElement[Any] = sum(
+    (weight * _marks(column) for column, weight in enumerate(_FTS_WEIGHTS)),
+    start=literal(0.0, Float),
+)
 
 _WORD = re.compile(r"\w+")
-_TERM = re.compile(r'(-?)"([^"]*)"?|(\S+)')
+_TOKEN = re.compile(r'\s*(?:(-)|"([^"]*)"?|([^\s"]+))')
+
+# One alternative of a search: its phrases, each required (False) or excluded (True).
+Alternative = list[tuple[bool, str]]
 
 
-def fts5_query(text: str) -> str | None:
-    """A web search (as PostgreSQL's `websearch_to_tsquery` reads it: words all required,
-    `"a phrase"`, `this OR that`, `-without`) as an FTS5 query that cannot be malformed: every
-    word is quoted, operators are only ever the ones written here. None when nothing can
-    match."""
-    required: list[list[str]] = []  # clauses ANDed; each one's phrases ORed
-    excluded: list[str] = []
-    pending_or = False
-    for match in _TERM.finditer(text):
-        negated, phrase, bare = match.group(1), match.group(2), match.group(3)
-        if bare is not None and bare == "OR":
-            pending_or = bool(required)
+def web_search(text: str) -> list[Alternative]:
+    """A web search read as PostgreSQL's `websearch_to_tsquery` reads it: words and `"a
+    phrase"` are all required, `-` excludes what follows it (`--x` is `x`), and `or` between two
+    terms (any case) separates alternatives, which bind less tightly than the words around them
+    (`a b or c` is `(a and b) or c`); an `or` with nothing after it is a word. Each phrase comes
+    back quoted for FTS5, so the expression cannot be malformed. Empty when nothing can match."""
+    tokens = [m.groups() for m in _TOKEN.finditer(text)]
+    groups: list[Alternative] = [[]]
+    negations = 0
+    alternative = False  # an `or` waits for its right-hand term
+    for at, (minus, phrase, bare) in enumerate(tokens):
+        if minus:
+            negations += 1
             continue
-        if bare is not None and bare.startswith("-"):
-            negated, bare = "-", bare[1:]
+        is_or = phrase is None and bare is not None and bare.lower() == "or"
+        if is_or and not negations and not alternative and any(groups) and at + 1 < len(tokens):
+            alternative = True
+            continue
         words = _WORD.findall(phrase if phrase is not None else bare or "")
-        if not words:
+        if not words:  # punctuation: nothing to look up, and its `-` goes with it
+            negations = 0
             continue
-        quoted = '"' + " ".join(words) + '"'
-        if negated:
-            excluded.append(quoted)
-        elif pending_or:
-            required[-1].append(quoted)
-        else:
-            required.append([quoted])
-        pending_or = False
-    if not required:
-        return None
-    clauses = [" OR ".join(c) if len(c) == 1 else "(" + " OR ".join(c) + ")" for c in required]
-    return " AND ".join(clauses) + "".join(f" NOT {e}" for e in excluded)
+        if alternative:
+            groups.append([])
+            alternative = False
+        groups[-1].append((negations % 2 == 1, '"' + " ".join(words) + '"'))
+        negations = 0
+    return [group for group in groups if group]
+
+
+def fts5_expression(groups: list[Alternative]) -> str:
+    """The alternatives as one FTS5 expression; each one must hold a required phrase."""
+    clauses = []
+    for group in groups:
+        required = " AND ".join(phrase for negated, phrase in group if not negated)
+        excluded = "".join(f" NOT {phrase}" for negated, phrase in group if negated)
+        clauses.append(f"({required}{excluded})")
+    return " OR ".join(clauses)
 
 
 async def posts_by_ids(

@@ -13,10 +13,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core import password_policy
+from app.core.cursors import BadCursor, Cursors
 from app.errors import (
     AdminSetupRefused,
     EmailTaken,
     InactiveUser,
+    InvalidCursor,
     LastAdmin,
     TokenRevoked,
     UsernameTaken,
@@ -24,7 +26,7 @@ from app.errors import (
     WrongPassword,
 )
 from app.models import Post, PostLike, Role, User
-from app.schemas.common import Page, PageQuery
+from app.schemas.common import CursorPage, Page
 from app.schemas.token import TokenPair
 from app.schemas.user import (
     AdminUserUpdate,
@@ -32,6 +34,7 @@ from app.schemas.user import (
     PasswordChange,
     ProfileUpdate,
     UserCreate,
+    UserListQuery,
     Username,
     UserOut,
     UserPublic,
@@ -299,11 +302,38 @@ async def delete(db: AsyncSession, backends: Backends, *, user: User) -> None:
     await backends.stores.cache.bump(*ALL_GENERATIONS)  # their posts and likes vanish
 
 
-async def list_users(db: AsyncSession, *, page: PageQuery) -> Page[UserOut]:
-    limit, offset = page.limit, page.offset
+async def list_users(
+    db: AsyncSession, backends: Backends, *, query: UserListQuery
+) -> Page[UserOut] | CursorPage[UserOut]:
+    """Every account, oldest first: by offset with the total, or by cursor."""
+    if query.cursor is not None:
+        return await _users_after(db, backends.cursors, query)
+    limit, offset = query.limit, query.offset
     total = await db.scalar(select(func.count()).select_from(User)) or 0
     rows = await db.scalars(select(User).order_by(User.id).limit(limit).offset(offset))
     return Page(items=[to_out(u) for u in rows], total=total, limit=limit, offset=offset)
+
+
+async def _users_after(
+    db: AsyncSession, cursors: Cursors, query: UserListQuery
+) -> CursorPage[UserOut]:
+    stmt = select(User).order_by(User.id).limit(query.limit + 1)
+    if query.cursor:
+        try:
+            key, last_id = cursors.decode_key(_USERS, query.cursor)
+        except BadCursor:
+            raise InvalidCursor from None
+        if key != last_id:
+            raise InvalidCursor
+        stmt = stmt.where(User.id > last_id)
+    rows = list(await db.scalars(stmt))
+    shown = rows[: query.limit]
+    more = len(rows) > query.limit
+    next_cursor = cursors.encode_key(_USERS, shown[-1].id, shown[-1].id) if more else None
+    return CursorPage[UserOut](items=[to_out(u) for u in shown], next_cursor=next_cursor)
+
+
+_USERS = "users"  # the cursors' list
 
 
 async def admin_update(

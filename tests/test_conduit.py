@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.models import User
+from app.services import posts as post_service
 from tests.conftest import running_app, settings_like
 from tests.factories import bearer, create_post, login, register, session_id
 from tests.test_observability import REQUESTS, scrape
@@ -290,6 +291,22 @@ async def test_ending_the_session_on_api_revokes_the_conduit_token(
     conduit_session = session_id(user["token"])
     ended = await client.delete(
         f"/api/users/me/sessions/{conduit_session}", headers=bearer(tokens["access_token"])
+    )
+    assert ended.status_code == 204, ended.text
+    assert_errors(
+        await client.get(USER, headers=token(user["token"])), 401, {"token": ["is invalid"]}
+    )
+
+
+async def test_a_conduit_token_logs_itself_out_through_its_session(
+    client: httpx.AsyncClient,
+) -> None:
+    user = await conduit_register(client)
+    listed = await client.get("/api/users/me/sessions", headers=bearer(user["token"]))
+    assert listed.status_code == 200, listed.text
+    [current] = [s for s in listed.json() if s["current"]]
+    ended = await client.delete(
+        f"/api/users/me/sessions/{current['id']}", headers=bearer(user["token"])
     )
     assert ended.status_code == 204, ended.text
     assert_errors(
@@ -622,6 +639,21 @@ async def test_list_filters_and_paging(client: httpx.AsyncClient) -> None:
             422,
             {"offset": ["is invalid"]},
         )
+
+
+async def test_articles_count_goes_past_apis_capped_total(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frontends link a page for every `limit` of `articlesCount`: /api's `total` stops at its
+    cap (`total_exact: false`), Conduit's count goes on."""
+    jake = await conduit_register(client, "jake")
+    for n in range(5):
+        await create_article(client, jake, f"Many {n}", tagList=["many"])
+    monkeypatch.setattr(post_service, "TOTAL_CAP", 2)
+    api = (await client.get("/api/posts", params={"tag": "many", "limit": 1})).json()
+    assert (api["total"], api["total_exact"]) == (2, False)
+    listed = (await client.get(ARTICLES, params={"tag": "many", "limit": 1})).json()
+    assert (len(listed["articles"]), listed["articlesCount"]) == (1, 5)
 
 
 async def test_comments(client: httpx.AsyncClient) -> None:

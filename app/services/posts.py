@@ -365,6 +365,21 @@ async def list_posts(
     )
 
 
+async def count_posts(
+    db: AsyncSession, *, query: PostQuery, viewer: Viewer | None, cap: int
+) -> int:
+    """How many posts the list `query` holds for this viewer, counted up to `cap` at most (the
+    cost grows with `cap`, never with the table)."""
+    stmt = select(Post.id).where(*_filters(query, viewer))
+    if (search := query.search) is not None:
+        found = _search(search, sqlite=db.get_bind().dialect.name == "sqlite", ranked=False)
+        if found is None:
+            return 0
+        stmt = found.apply(stmt)
+    counted = stmt.limit(cap).subquery()
+    return int(await db.scalar(select(func.count()).select_from(counted)) or 0)
+
+
 def _narrowed(query: PostQuery) -> bool:
     """Whether the list may hold few posts among many: the filters no index walks in order."""
     return query.search is not None or bool(query.tag) or query.favorited_by is not None

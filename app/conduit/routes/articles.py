@@ -17,7 +17,7 @@ from app.conduit.schemas import (
 from app.conduit.util import error_responses
 from app.dependencies import BackendsDep, DbSession
 from app.schemas.common import NUL_FREE_PATTERN, Page, PageQuery
-from app.schemas.post import PostOut
+from app.schemas.post import MAX_OFFSET, PostOut, PostPage
 from app.services import feed, posts
 from app.services.posts import Viewer
 
@@ -57,8 +57,16 @@ async def list_articles(
     backends: BackendsDep,
     db: DbSession,
 ) -> ArticlesResponse:
-    body = await posts.list_json(backends, query=mapping.post_query(query), viewer=viewer)
-    return await _articles(db, Page[PostOut].model_validate_json(body), viewer)
+    listed = mapping.post_query(query)
+    body = await posts.list_json(backends, query=listed, viewer=viewer)
+    page = PostPage.model_validate_json(body)
+    count = page.total
+    if not page.total_exact:
+        # RealWorld frontends link every page from `articlesCount`: it is counted as deep as
+        # an offset may go (`/api`'s own `total` stops sooner).
+        count = await posts.count_posts(db, query=listed, viewer=viewer, cap=MAX_OFFSET)
+    items = Page[PostOut](items=page.items, total=count, limit=page.limit, offset=page.offset)
+    return await _articles(db, items, viewer)
 
 
 @router.get(

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,3 +82,13 @@ def live_server(name: str, env: Mapping[str, str], log: Path) -> Iterator[LiveSe
         yield server
     finally:
         server.stop()
+
+
+def apart_env(name: str) -> dict[str, str]:
+    """Settings of a live server driven by many requests from 127.0.0.1 (rate limits off), whose
+    jobs (services mode) wait on a Celery queue of their own rather than reach the suite's worker
+    after other tests' clean-up."""
+    return {
+        "RATE_LIMITS_ENABLED": "false",
+        "CELERY_QUEUE": f"inkwell-{name}-{uuid.uuid4().hex[:8]}",
+    }

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -23,7 +22,7 @@ import pytest
 
 from app.config import Settings
 from tests.conftest import ON_CI, ROOT, settings_env, tidied_up_after
-from tests.live_server import LiveServer, live_server
+from tests.live_server import LiveServer, apart_env, live_server
 from tests.redis_server import RedisServer
 
 HARNESS = ROOT / "tests" / "realworld"
@@ -126,13 +125,8 @@ async def _tidy_up(settings: Settings, redis_server: RedisServer | None) -> Asyn
 @pytest.fixture(scope="module")
 def server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     logs = tmp_path_factory.mktemp("conduit-suite")
-    env = settings_env(settings) | {
-        # One run registers 21 users and logs in 4 times, all from 127.0.0.1.
-        "RATE_LIMITS_ENABLED": "false",
-        # Services mode: the verification e-mails queued here wait on a queue of their own
-        # rather than reach the suite's worker after other tests' clean-up.
-        "CELERY_QUEUE": f"inkwell-conduit-{uuid.uuid4().hex[:8]}",
-    }
+    # One run registers 21 users and logs in 4 times, all from 127.0.0.1.
+    env = settings_env(settings) | apart_env("conduit")
     with live_server("conduit", env, logs / "api.log") as live:
         yield live
 

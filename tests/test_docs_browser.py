@@ -45,7 +45,7 @@ from tests.browser import CHROMIUM_FOUND, CHROMIUM_PATH, SCREENSHOTS, WAIT_MS, c
 from tests.conftest import ON_CI, settings_env, tidied_up_after
 from tests.factories import PASSWORD
 from tests.images import tiny_png
-from tests.live_server import LiveServer, live_server
+from tests.live_server import LiveServer, apart_env, live_server
 from tests.redis_server import RedisServer
 
 REQUEST_TIMEOUT_S = 20.0
@@ -149,13 +149,7 @@ async def _tidy_up(settings: Settings, redis_server: RedisServer | None) -> Asyn
 @pytest.fixture(scope="module")
 def server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     logs = tmp_path_factory.mktemp("docs-browser")
-    env = settings_env(settings) | {
-        # Every login and registration here comes from 127.0.0.1.
-        "RATE_LIMITS_ENABLED": "false",
-        # Services mode: the jobs queued here (a verification e-mail, the image) wait on a queue
-        # of their own rather than reach the suite's worker after other tests' clean-up.
-        "CELERY_QUEUE": f"inkwell-docs-{uuid.uuid4().hex[:8]}",
-    }
+    env = settings_env(settings) | apart_env("docs")
     with live_server("docs", env, logs / "api.log") as live:
         yield live
 

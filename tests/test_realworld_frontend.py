@@ -42,7 +42,7 @@ from tests.browser import CHROMIUM_FOUND, CHROMIUM_PATH, SCREENSHOTS, WAIT_MS, c
 from tests.browser import new_context as new_browser_context
 from tests.conftest import settings_env, tidied_up_after
 from tests.images import encode
-from tests.live_server import LiveServer, live_server
+from tests.live_server import LiveServer, apart_env, live_server
 from tests.redis_server import RedisServer
 
 FRONTEND_DIR = os.environ.get("REALWORLD_FRONTEND_DIR", "")
@@ -99,14 +99,7 @@ async def _tidy_up(settings: Settings, redis_server: RedisServer | None) -> Asyn
 @pytest.fixture(scope="module")
 def server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     logs = tmp_path_factory.mktemp("realworld-frontend")
-    env = (
-        settings_env(settings)
-        | {
-            "CORS_ORIGINS": FRONTEND,
-            "RATE_LIMITS_ENABLED": "false",  # every sign-up here comes from 127.0.0.1
-            "CELERY_QUEUE": f"inkwell-frontend-{uuid.uuid4().hex[:8]}",
-        }
-    )
+    env = settings_env(settings) | apart_env("frontend") | {"CORS_ORIGINS": FRONTEND}
     with live_server("realworld-frontend", env, logs / "api.log") as live:
         yield live
 

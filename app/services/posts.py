@@ -342,15 +342,10 @@ async def list_posts(
     likes, in one statement (the count folded in) — on PostgreSQL a list narrowed by a search,
     tags or likes counts its matches first (see `_narrowed`)."""
     sqlite = db.get_bind().dialect.name == "sqlite"
-    stmt = select(Post).where(*_filters(query, viewer))
-    order = _order(query)
-    if (search := query.search) is not None:
-        found = _search(search, sqlite=sqlite, ranked=query.sort == "relevance")
-        if found is None:  # nothing a search can match (only punctuation, say)
-            return _empty(query)
-        stmt = found.apply(stmt)
-        if found.rank is not None:
-            order = _Order(key=found.rank, descending=True, is_time=False, indexed=False)
+    listed = _listed(query, viewer, sqlite=sqlite)
+    if listed is None:  # nothing a search can match (only punctuation, say)
+        return _empty(query)
+    stmt, order = listed
     # Narrowed by a search, a tag or a reader's likes, a list may match few posts, scattered
     # anywhere: walking the sort's index to meet a page of them could read the whole table. So
     # (on PostgreSQL) the matches are counted first, capped, which the planner does through the
@@ -365,19 +360,39 @@ async def list_posts(
     )
 
 
+def _listed(
+    query: PostQuery, viewer: Viewer | None, *, sqlite: bool
+) -> tuple[Select[Any], _Order] | None:
+    """The posts of the list `query` as this viewer sees it, and their order; None when its
+    search can match nothing."""
+    stmt = select(Post).where(*_filters(query, viewer))
+    order = _order(query)
+    if (search := query.search) is not None:
+        found = _search(search, sqlite=sqlite, ranked=query.sort == "relevance")
+        if found is None:
+            return None
+        stmt = found.apply(stmt)
+        if found.rank is not None:
+            order = _Order(key=found.rank, descending=True, is_time=False, indexed=False)
+    return stmt, order
+
+
 async def count_posts(
     db: AsyncSession, *, query: PostQuery, viewer: Viewer | None, cap: int
 ) -> int:
     """How many posts the list `query` holds for this viewer, counted up to `cap` at most (the
     cost grows with `cap`, never with the table)."""
-    stmt = select(Post.id).where(*_filters(query, viewer))
-    if (search := query.search) is not None:
-        found = _search(search, sqlite=db.get_bind().dialect.name == "sqlite", ranked=False)
-        if found is None:
-            return 0
-        stmt = found.apply(stmt)
-    counted = stmt.limit(cap).subquery()
-    return int(await db.scalar(select(func.count()).select_from(counted)) or 0)
+    listed = _listed(query, viewer, sqlite=db.get_bind().dialect.name == "sqlite")
+    if listed is None:
+        return 0
+    return min(int(await db.scalar(_counting(listed[0], cap)) or 0), cap)
+
+
+def _counting(stmt: Select[Any], cap: int) -> Select[Any]:
+    """The count of the posts `stmt` lists, stopped at `cap + 1`: its cost does not grow past
+    the cap, and a count above it says there are more."""
+    counted = stmt.with_only_columns(Post.id).limit(_inline(cap + 1)).subquery()
+    return select(func.count()).select_from(counted)
 
 
 def _narrowed(query: PostQuery) -> bool:
@@ -396,8 +411,7 @@ async def _capped_count(
     if viewer is None and len(names) == 1 and not _other_filters(query):
         kept = await db.scalar(select(Tag.post_count).where(Tag.name == names.pop()))
         return min(int(kept or 0), cap + 1)
-    counted = stmt.with_only_columns(Post.id).limit(cap + 1).subquery()
-    return int(await db.scalar(select(func.count()).select_from(counted)) or 0)
+    return int(await db.scalar(_counting(stmt, cap)) or 0)
 
 
 def _other_filters(query: PostQuery) -> bool:
@@ -503,29 +517,21 @@ async def _offset_page(
     # subquery (an InitPlan, evaluated once); it is asked for apart only when the page is
     # empty past the first row.
     cap = max(TOTAL_CAP, query.offset + query.limit)
-    if narrowed:
-        # Counted first (up to the cap): few matches are paged from them alone.
+    paged = _ordered(_keyed(stmt, order), order)
+    paged = paged.limit(_inline(query.limit)).offset(_inline(query.offset))
+    if narrowed:  # counted first: few matches are paged from them alone
         total = await _capped_count(db, query, viewer, stmt, cap)
         if total <= cap:
             paged = _from_matches(stmt, order, limit=query.limit, offset=query.offset)
-        else:
-            paged = _ordered(_keyed(stmt, order), order)
-            paged = paged.limit(_inline(query.limit)).offset(_inline(query.offset))
         rows = (await db.execute(_page_rows(paged, order, viewer, sqlite))).all()
-        items = [_post_fields(row, backends.media) for row in rows]
-        return _offset_fields(items, min(total, cap), total <= cap, query)
-    counted = stmt.with_only_columns(Post.id).limit(_inline(cap + 1)).subquery()
-    counting = select(func.count()).select_from(counted)
-    paged = _ordered(_keyed(stmt, order), order)
-    paged = paged.limit(_inline(query.limit)).offset(_inline(query.offset))
-    page = _page_rows(paged, order, viewer, sqlite).add_columns(counting.scalar_subquery())
-    rows = (await db.execute(page)).all()
-    if rows:
-        total = int(rows[0][-1])
-    elif query.offset:
-        total = int(await db.scalar(counting) or 0)
     else:
-        total = 0
+        counting = _counting(stmt, cap)
+        page = _page_rows(paged, order, viewer, sqlite).add_columns(counting.scalar_subquery())
+        rows = (await db.execute(page)).all()
+        if rows:
+            total = int(rows[0][-1])
+        else:
+            total = int(await db.scalar(counting) or 0) if query.offset else 0
     items = [_post_fields(row, backends.media) for row in rows]
     return _offset_fields(items, min(total, cap), total <= cap, query)
 

@@ -320,16 +320,14 @@ async def _users_after(
     stmt = select(User).order_by(User.id).limit(query.limit + 1)
     if query.cursor:
         try:
-            key, last_id = cursors.decode_key(_USERS, query.cursor)
+            _, last_id = cursors.decode_key(_USERS, query.cursor)
         except BadCursor:
             raise InvalidCursor from None
-        if key != last_id:
-            raise InvalidCursor
         stmt = stmt.where(User.id > last_id)
     rows = list(await db.scalars(stmt))
     shown = rows[: query.limit]
     more = len(rows) > query.limit
-    next_cursor = cursors.encode_key(_USERS, shown[-1].id, shown[-1].id) if more else None
+    next_cursor = cursors.encode_key(_USERS, None, shown[-1].id) if more else None  # id order
     return CursorPage[UserOut](items=[to_out(u) for u in shown], next_cursor=next_cursor)
 
 
